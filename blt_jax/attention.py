@@ -1,0 +1,185 @@
+"""Attention kernels over the masks BLT needs, each in O(memory) that scales with bytes.
+
+Shapes: B batch, N bytes, P patches, K = cross_attn_k, H query heads, G kv heads, D head dim,
+C block size, W window. Softmax is always fp32; rows with no visible key output exactly 0.
+
+- :func:`dense_attention` — any boolean mask (global model, token baseline, and the test oracle).
+- :func:`local_attention` — windowed causal attention inside EOS-closed segments, computed block by
+  block: O(N·(W+C)) scores instead of O(N²).
+- :func:`encoder_cross_attention` — patch queries see only their own (contiguous) bytes: a
+  segment softmax over bytes grouped by patch id, O(N·K·H·D).
+- :func:`decoder_cross_attention` — byte i sees the K rows of patch d(i): a gather, O(N·K·H·D).
+
+The ``*_mask`` builders materialise the same masks densely for the oracle path only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+_NEG = -1e30
+
+
+def _masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
+    """fp32 softmax over the last axis that is exactly 0 on fully masked rows (no NaN)."""
+    scores = jnp.where(mask, scores.astype(jnp.float32), _NEG)
+    e = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True))) * mask
+    denom = e.sum(-1, keepdims=True)
+    return e / jnp.where(denom > 0, denom, 1.0)
+
+
+def dense_attention(q_BxQxHxD: jax.Array, k_BxKxGxD: jax.Array, v_BxKxGxD: jax.Array,
+                    mask_BxQxK: jax.Array) -> jax.Array:
+    b, nq, h, d = q_BxQxHxD.shape
+    g = k_BxKxGxD.shape[2]
+    q = q_BxQxHxD.reshape(b, nq, g, h // g, d)
+    s = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_BxKxGxD, preferred_element_type=jnp.float32)
+    w = _masked_softmax(s / math.sqrt(d), mask_BxQxK[:, None, None])
+    out = jnp.einsum("bgrqk,bkgd->bqgrd", w.astype(v_BxKxGxD.dtype), v_BxKxGxD)
+    return out.reshape(b, nq, h, d)
+
+
+def local_attention(q_BxNxHxD: jax.Array, k_BxNxGxD: jax.Array, v_BxNxGxD: jax.Array,
+                    seg_BxN: jax.Array, window: int, block: int = 128) -> jax.Array:
+    """Query i sees key j iff 0 <= i - j < window and seg(i) == seg(j), blockwise."""
+    b, n, h, d = q_BxNxHxD.shape
+    g = k_BxNxGxD.shape[2]
+    c = max(1, min(block, n))
+    nb = -(-n // c)
+    m = -(-(window - 1) // c) if window > 1 else 0  # previous blocks a query block can reach
+    tail = nb * c - n
+
+    def pad(x: jax.Array, front: int, fill: float | int = 0) -> jax.Array:
+        widths = [(0, 0)] * x.ndim
+        widths[1] = (front, tail)
+        return jnp.pad(x, widths, constant_values=fill)
+
+    def windows(x: jax.Array) -> jax.Array:  # (B, nb+m, C, ...) -> (B, nb, (m+1)C, ...)
+        xs = jnp.stack([x[:, s: s + nb] for s in range(m + 1)], axis=2)
+        return xs.reshape(xs.shape[:2] + ((m + 1) * c,) + xs.shape[4:])
+
+    q = pad(q_BxNxHxD, 0).reshape(b, nb, c, g, h // g, d)
+    k = windows(pad(k_BxNxGxD, m * c).reshape((b, nb + m, c, g, d)))
+    v = windows(pad(v_BxNxGxD, m * c).reshape((b, nb + m, c, g, d)))
+    seg_q = pad(seg_BxN, 0, -1).reshape(b, nb, c)
+    seg_k = windows(pad(seg_BxN, m * c, -2).reshape(b, nb + m, c))
+    pos_q = jnp.arange(nb * c).reshape(nb, c)
+    pos_k = windows((jnp.arange((nb + m) * c) - m * c).reshape(1, nb + m, c))[0]
+    delta = pos_q[:, :, None] - pos_k[:, None, :]  # (nb, C, (m+1)C)
+    mask = ((delta >= 0) & (delta < window))[None] & (seg_q[..., None] == seg_k[:, :, None, :])
+    s = jnp.einsum("bncgrd,bnkgd->bngrck", q, k, preferred_element_type=jnp.float32)
+    w = _masked_softmax(s / math.sqrt(d), mask[:, :, None, None])
+    out = jnp.einsum("bngrck,bnkgd->bncgrd", w.astype(v.dtype), v)
+    return out.reshape(b, nb * c, h, d)[:, :n]
+
+
+def causal_attention(q_BxLxHxD: jax.Array, k_BxLxGxD: jax.Array, v_BxLxGxD: jax.Array,
+                     seg_BxL: jax.Array | None = None, chunk: int = 512) -> jax.Array:
+    """Causal (optionally segment-restricted) attention over all previous keys.
+
+    Up to `chunk` queries it is one dense call; beyond, queries are processed `chunk` at a time
+    under lax.map with rematerialisation, so scores take O(chunk·L) memory instead of O(L²)
+    (the latent model's P x P and the token baseline's L x L at long contexts).
+    """
+    b, n, h, d = q_BxLxHxD.shape
+    seg = jnp.zeros((b, n), jnp.int32) if seg_BxL is None else seg_BxL
+    if n <= chunk:
+        return dense_attention(q_BxLxHxD, k_BxLxGxD, v_BxLxGxD, causal_mask(b, n, seg))
+    nc = -(-n // chunk)
+    pad = nc * chunk - n
+    q = jnp.pad(q_BxLxHxD, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    q = q.reshape(b, nc, chunk, h, d).transpose(1, 0, 2, 3, 4)
+    seg_q = jnp.pad(seg, ((0, 0), (0, pad)), constant_values=-1).reshape(b, nc, chunk)
+    seg_q = seg_q.transpose(1, 0, 2)
+
+    @jax.checkpoint
+    def one_chunk(args: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
+        q_c, s_c, start = args
+        pos_q = start + jnp.arange(chunk)
+        mask = (pos_q[:, None] >= jnp.arange(n)[None, :])[None] & (s_c[:, :, None] == seg[:, None, :])
+        return dense_attention(q_c, k_BxLxGxD, v_BxLxGxD, mask)
+
+    out = jax.lax.map(one_chunk, (q, seg_q, jnp.arange(nc) * chunk))
+    return out.transpose(1, 0, 2, 3, 4).reshape(b, nc * chunk, h, d)[:, :n]
+
+
+def _segment(op, data_BxN: jax.Array, ids_BxN: jax.Array, num: int) -> jax.Array:
+    return jax.vmap(lambda x, i: op(x, i, num_segments=num, indices_are_sorted=True))(
+        data_BxN, ids_BxN)
+
+
+def segment_max_pool(h_BxNxD: jax.Array, patch_ids_BxN: jax.Array, n_patches: int) -> jax.Array:
+    """Max over each patch's bytes; patches without bytes pool to 0 (spec §5.3)."""
+    pooled = _segment(jax.ops.segment_max, h_BxNxD, patch_ids_BxN, n_patches)
+    count = _segment(jax.ops.segment_sum, jnp.ones(patch_ids_BxN.shape, jnp.int32), patch_ids_BxN,
+                     n_patches)
+    return jnp.where(count[..., None] > 0, pooled, jnp.zeros((), pooled.dtype))
+
+
+def encoder_cross_attention(q_BxPxKxHxD: jax.Array, k_BxNxHxD: jax.Array, v_BxNxHxD: jax.Array,
+                            patch_ids_BxN: jax.Array) -> jax.Array:
+    """Patch j's K queries attend to the bytes i with p(i) == j (segment softmax)."""
+    b, p, kk, h, d = q_BxPxKxHxD.shape
+    q_BxNxKxHxD = jnp.take_along_axis(q_BxPxKxHxD, patch_ids_BxN[:, :, None, None, None], axis=1)
+    s_BxNxKxH = jnp.einsum("bnkhd,bnhd->bnkh", q_BxNxKxHxD, k_BxNxHxD,
+                           preferred_element_type=jnp.float32) / math.sqrt(d)
+    top_BxPxKxH = jax.lax.stop_gradient(_segment(jax.ops.segment_max, s_BxNxKxH, patch_ids_BxN, p))
+    e_BxNxKxH = jnp.exp(s_BxNxKxH - jnp.take_along_axis(
+        top_BxPxKxH, patch_ids_BxN[:, :, None, None], axis=1))
+    denom_BxPxKxH = _segment(jax.ops.segment_sum, e_BxNxKxH, patch_ids_BxN, p)
+    num_BxPxKxHxD = _segment(jax.ops.segment_sum,
+                             e_BxNxKxH[..., None] * v_BxNxHxD[:, :, None].astype(jnp.float32),
+                             patch_ids_BxN, p)
+    out = num_BxPxKxHxD / jnp.where(denom_BxPxKxH > 0, denom_BxPxKxH, 1.0)[..., None]
+    return out.astype(v_BxNxHxD.dtype)
+
+
+def decoder_cross_attention(q_BxNxHxD: jax.Array, k_BxPxKxHxD: jax.Array, v_BxPxKxHxD: jax.Array,
+                            decoder_patch_ids_BxN: jax.Array) -> jax.Array:
+    """Byte i attends to the K rows of patch d(i) (gather, then a K-way softmax)."""
+    d = q_BxNxHxD.shape[-1]
+    idx = decoder_patch_ids_BxN[:, :, None, None, None]
+    k_BxNxKxHxD = jnp.take_along_axis(k_BxPxKxHxD, idx, axis=1)
+    v_BxNxKxHxD = jnp.take_along_axis(v_BxPxKxHxD, idx, axis=1)
+    s_BxNxHxK = jnp.einsum("bnhd,bnkhd->bnhk", q_BxNxHxD, k_BxNxKxHxD,
+                           preferred_element_type=jnp.float32) / math.sqrt(d)
+    w = jax.nn.softmax(s_BxNxHxK, axis=-1).astype(v_BxNxKxHxD.dtype)
+    return jnp.einsum("bnhk,bnkhd->bnhd", w, v_BxNxKxHxD)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense masks (oracle path and the small P x P patch masks)
+
+
+def segments_from_eos(ids_BxN: jax.Array, eos_id: int) -> jax.Array:
+    """seg(i) = number of EOS strictly before i: EOS closes its segment inclusively."""
+    is_eos = (ids_BxN == eos_id).astype(jnp.int32)
+    return jnp.cumsum(is_eos, axis=-1) - is_eos
+
+
+def local_mask(seg_BxN: jax.Array, window: int) -> jax.Array:
+    n = seg_BxN.shape[1]
+    delta = jnp.arange(n)[:, None] - jnp.arange(n)[None, :]
+    return ((delta >= 0) & (delta < window))[None] & (seg_BxN[:, :, None] == seg_BxN[:, None, :])
+
+
+def causal_mask(b: int, n: int, seg_BxN: jax.Array | None = None) -> jax.Array:
+    mask = jnp.broadcast_to(jnp.tril(jnp.ones((n, n), bool))[None], (b, n, n))
+    if seg_BxN is not None:
+        mask = mask & (seg_BxN[:, :, None] == seg_BxN[:, None, :])
+    return mask
+
+
+def encoder_cross_mask(patch_ids_BxN: jax.Array, n_patches: int, k: int) -> jax.Array:
+    """(B, P·K, N): query row r (patch r // K) sees byte i iff p(i) == r // K."""
+    rows = jnp.arange(n_patches * k) // k
+    return rows[None, :, None] == patch_ids_BxN[:, None, :]
+
+
+def decoder_cross_mask(decoder_patch_ids_BxN: jax.Array, n_patches: int, k: int) -> jax.Array:
+    """(B, N, P·K): byte i sees the K columns of patch d(i)."""
+    cols = jnp.arange(n_patches * k) // k
+    return decoder_patch_ids_BxN[:, :, None] == cols[None, None, :]

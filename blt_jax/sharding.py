@@ -1,0 +1,106 @@
+"""The one place that maps logical axis names onto the (data, fsdp, tensor) mesh.
+
+Parameters carry their logical names as `logical_axes` metadata (see layers.param); activations
+are constrained with :func:`constrain`. Both read RULES, so changing a strategy is a one-line edit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+RULES: tuple[tuple[str, Any], ...] = (
+    # parameters
+    ("embed", "fsdp"),  # model width of weight matrices (FSDP shards it)
+    ("mlp", "tensor"),  # FFN hidden / projection outputs
+    ("heads", "tensor"),  # query heads x head_dim
+    ("kv_heads", "tensor"),  # key/value heads x head_dim
+    ("vocab", None),  # 260 byte ids (too small to split)
+    ("hash_vocab", "fsdp"),  # the fused hash n-gram tables: billions of rows at 1B
+    ("hash_embed", "tensor"),
+    ("norm", None),
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("patches", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", None),
+)
+_RULES = dict(RULES)
+
+
+def logical_spec(names: Sequence[str | None]) -> P:
+    """PartitionSpec for logical names; KeyError on a name missing from RULES."""
+    return P(*(None if n is None else _RULES[n] for n in names))
+
+
+def _axis_size(mesh: jax.sharding.Mesh, axes: Any) -> int:
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    size = 1
+    for a in axes:
+        size *= mesh.shape[a]
+    return size
+
+
+def fitted_spec(names: Sequence[str | None], shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
+    """logical_spec, replicating any dimension the mesh axes do not divide evenly."""
+    spec = logical_spec(names)
+    return P(*(axes if dim % _axis_size(mesh, axes) == 0 else None
+               for axes, dim in zip(spec, shape)))
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """with_sharding_constraint by logical names; a no-op when no mesh is active."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, fitted_spec(names, x.shape, mesh))
+
+
+def state_shardings(state: Any, mesh: jax.sharding.Mesh) -> Any:
+    """NamedSharding for every leaf of an nnx State (abstract or concrete)."""
+
+    def one(v: Any) -> Any:
+        if isinstance(v, nnx.Variable):
+            names = v.get_metadata().get("logical_axes")
+            value = v.get_value()
+            spec = fitted_spec(names, value.shape, mesh) if names else P()
+            return v.replace(NamedSharding(mesh, spec))
+        return NamedSharding(mesh, P())
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[Any] | None = None
+              ) -> jax.sharding.Mesh:
+    """A (data, fsdp, tensor) mesh with Auto axes; one size may be -1 to take the rest."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = list(shape)
+    if len(sizes) != 3:
+        raise ValueError(f"mesh: expected 3 sizes for {MESH_AXES}, got {sizes}")
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh: at most one size may be -1, got {sizes}")
+    known = 1
+    for s in sizes:
+        if s != -1:
+            if s < 1:
+                raise ValueError(f"mesh: sizes must be >= 1 or -1, got {sizes}")
+            known *= s
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(f"mesh: {len(devices)} devices cannot fill {sizes}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if sizes[0] * sizes[1] * sizes[2] != len(devices):
+        raise ValueError(f"mesh: {sizes} needs {sizes[0] * sizes[1] * sizes[2]} devices, "
+                         f"{len(devices)} available")
+    auto = (jax.sharding.AxisType.Auto,) * 3
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
