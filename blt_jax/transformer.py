@@ -66,7 +66,7 @@ class Transformer(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         d, dtype = cfg.dim, compute_dtype(cfg)
         self.cfg = cfg
-        self.tok_embeddings = Embedding(cfg.vocab_size, d, d ** -0.5, ("vocab", None),
+        self.tok_embeddings = Embedding(cfg.vocab_size, d, d ** -0.5, ("vocab", "embed"),
                                         rngs=rngs, dtype=dtype)
         self.layers = make_blocks(cfg, d, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, rngs)
         self.norm = RMSNorm(d, cfg.norm_eps, rngs=rngs)
