@@ -58,6 +58,23 @@ def _patch(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--blt", required=True, help="reference release folder (params.json + "
+                   "consolidated.pth) or Hugging Face folder (config.json + *.safetensors)")
+    p.add_argument("--entropy", default=None, help="the reference entropy-model folder "
+                   "(Hugging Face folders bundle it)")
+    p.add_argument("--out", required=True, help="new workdir to write (must not exist or be empty)")
+
+
+@command("import-reference", "convert released BLT weights into a blt-jax workdir", _import_args)
+def _import_reference(args: argparse.Namespace, extra: list[str]) -> int:
+    from blt_jax import reference_import
+
+    out = reference_import.import_reference(args.blt, args.out, args.entropy)
+    print(f"wrote {out} (open it with blt_jax.load({out!r}))")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from blt_jax import __version__
 

@@ -127,6 +127,50 @@ def model_preset(name: str) -> ml_collections.ConfigDict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Experiment configs: what a workdir trains and how
+
+
+KINDS = ("blt", "entropy", "bpe")
+
+
+def experiment_config(kind: str, model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The full run config written to WORKDIR/config.json (experiments/*.py start from it)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind: must be one of {KINDS}, got {kind!r}")
+    c = ml_collections.ConfigDict()
+    c.kind = kind
+    c.model = model
+    c.seed = 0
+    c.data = ml_collections.ConfigDict(dict(
+        source="embedded",  # embedded | text | jsonl | tfds | preprocessed
+        path="",  # files / glob (text, jsonl) or a preprocessed directory
+        text_field="text",
+        tfds_name="", tfds_data_dir="", tfds_split="train", tfds_eval_split="validation",
+        seq_len=512,  # bytes per row (BLT, entropy model) or tokens per row (bpe)
+        p_max=0,  # static patch buffer; 0 -> seq_len // 2
+        batch_size=8,
+        eval_batch_size=8,
+        max_eval_docs=0,  # 0: the whole validation split
+        num_workers=0,
+    ))
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=4e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, warmup_steps=2000,
+        schedule="cosine", min_lr_ratio=0.0, clip=1.0))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=1000, grad_accum=1, log_every=10, eval_every=200, eval_batches=8,
+        peak_flops=0.0,  # for MFU; 0 -> measured matmul peak of this machine
+        progress=True))
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every=200, keep_latest=3, keep_every=0, keep_best=1, pinned_steps=(), async_save=True))
+    c.entropy = ml_collections.ConfigDict(dict(
+        workdir="",  # trained entropy model (frozen, patches BLT rows); relative to the workdir
+        target_bytes_per_patch=0.0,  # > 0: set the threshold from training data
+        calibration_docs=256))
+    c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
 # Validation
 
 

@@ -21,6 +21,19 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 DATA = pathlib.Path(__file__).parent / "data"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run tests marked slow (CI does)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (CI runs it)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if session.testscollected == 0 and not session.config.option.collectonly:
         print("\nERROR: pytest collected no tests -- refusing to report success.")

@@ -1,0 +1,171 @@
+"""Every Orbax call lives here: checkpoint managers, preservation policies, pins, restores.
+
+A workdir holds ``config.json`` (the experiment config) and ``checkpoints/<step>/`` with items
+``params``, ``opt_state`` (training only), ``data`` (grain iterator state) and ``meta`` (JSON).
+Pinned steps are listed in ``pins.json``; the preservation policy re-reads it before every
+deletion decision, so `blt-jax ckpt pin` works while a run is going and survives restarts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, Sequence
+
+import contextlib
+import logging
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+CHECKPOINTS = "checkpoints"
+PINS = "pins.json"
+BEST_METRIC = "eval_bpb"
+
+
+def read_pins(workdir: str | os.PathLike) -> set[int]:
+    path = pathlib.Path(workdir) / PINS
+    if not path.exists():
+        return set()
+    try:
+        return {int(s) for s in json.loads(path.read_text())}
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"pins: {path} is not a JSON list of steps ({e})") from None
+
+
+def _write_pins(workdir: str | os.PathLike, steps: set[int]) -> None:
+    path = pathlib.Path(workdir) / PINS
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(sorted(steps)))
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written pins file
+
+
+@dataclasses.dataclass
+class FilePins(cm.PreservationPolicy):
+    """Keeps the steps listed in the workdir's pins.json (read at every decision)."""
+
+    workdir: str
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
+        pins = read_pins(self.workdir)
+        return [c.step in pins for c in checkpoints]
+
+
+def manager(workdir: str | os.PathLike, *, save_every: int = 1, keep_latest: int = 3,
+            keep_every: int | None = None, keep_best: int = 1, async_save: bool = True,
+            read_only: bool = False) -> ocp.CheckpointManager:
+    """CheckpointManager keeping the latest N, every K-th step, the best eval BPB and pins."""
+    policies: list[Any] = [cm.LatestN(keep_latest), FilePins(str(workdir))]
+    if keep_every:
+        policies.append(cm.EveryNSteps(keep_every))
+    if keep_best:
+        policies.append(cm.BestN(get_metric_fn=lambda m: -m[BEST_METRIC], n=keep_best,
+                                 keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=async_save, read_only=read_only, create=not read_only,
+        save_decision_policy=cm.AnySavePolicy([cm.FixedIntervalPolicy(max(save_every, 1)),
+                                               cm.PreemptionCheckpointingPolicy()]),
+        preservation_policy=cm.AnyPreservationPolicy(policies))
+    return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / CHECKPOINTS, options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, *, params: Any, opt_state: Any = None,
+         data_iter: Any = None, meta: dict[str, Any] | None = None,
+         metrics: dict[str, float] | None = None, force: bool = False) -> bool:
+    items: dict[str, Any] = {"params": ocp.args.StandardSave(params),
+                             "meta": ocp.args.JsonSave(meta or {})}
+    if opt_state is not None:
+        items["opt_state"] = ocp.args.StandardSave(opt_state)
+    if data_iter is not None:
+        import grain
+
+        items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    return mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, *, params: Any, opt_state: Any = None,
+            data_iter: Any = None) -> dict[str, Any]:
+    """Restores onto abstract targets (ShapeDtypeStructs with the shardings wanted now)."""
+    items: dict[str, Any] = {"params": ocp.args.StandardRestore(params),
+                             "meta": ocp.args.JsonRestore()}
+    if opt_state is not None:
+        items["opt_state"] = ocp.args.StandardRestore(opt_state)
+    if data_iter is not None:
+        import grain
+
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    out = mngr.restore(step, args=ocp.args.Composite(**items))
+    return {k: out[k] for k in items}
+
+
+def steps(workdir: str | os.PathLike) -> list[int]:
+    root = pathlib.Path(workdir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def restore_params(workdir: str | os.PathLike, abstract_params: Any, step: int | None = None
+                   ) -> tuple[Any, int]:
+    """Params of `step` (default: the latest) from a workdir, read-only."""
+    available = steps(workdir)
+    if not available:
+        raise ValueError(f"checkpoint: no checkpoint under {pathlib.Path(workdir) / CHECKPOINTS}")
+    step = available[-1] if step is None else step
+    if step not in available:
+        raise ValueError(f"checkpoint: step {step} not in {workdir} (have {available})")
+    with _quiet_absl(), manager(workdir, read_only=True, async_save=False) as mngr:
+        out = mngr.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_params)))
+    return out["params"], step
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """Read-only managers warn that they are read-only; that is the point here."""
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def save_params_only(workdir: str | os.PathLike, params: Any, step: int = 0,
+                     meta: dict[str, Any] | None = None) -> None:
+    """A params-only checkpoint (imports, exported entropy models), written synchronously."""
+    with manager(workdir, async_save=False) as mngr:
+        save(mngr, step, params=params, meta=meta, force=True)
+        mngr.wait_until_finished()
+
+
+def pin(workdir: str | os.PathLike, step: int) -> None:
+    if step not in steps(workdir):
+        raise ValueError(f"pin: no checkpoint at step {step} in {workdir} (have {steps(workdir)})")
+    _write_pins(workdir, read_pins(workdir) | {step})
+
+
+def unpin(workdir: str | os.PathLike, step: int) -> None:
+    pins = read_pins(workdir)
+    if step not in pins:
+        raise ValueError(f"unpin: step {step} is not pinned in {workdir} (pinned: {sorted(pins)})")
+    _write_pins(workdir, pins - {step})
+
+
+def describe(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """One row per checkpoint: step, pinned, and its saved metrics."""
+    pins = read_pins(workdir)
+    rows = []
+    for step in steps(workdir):
+        meta_file = pathlib.Path(workdir) / CHECKPOINTS / str(step) / "_CHECKPOINT_METADATA"
+        metrics = {}
+        if meta_file.exists():
+            try:
+                metrics = json.loads(meta_file.read_text()).get("metrics") or {}
+            except ValueError:
+                metrics = {}
+        rows.append({"step": step, "pinned": step in pins, "metrics": metrics})
+    return rows
