@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from blt_jax import checkpoint, config, patching
+from blt_jax import checkpoint, config, patching, sharding
 from blt_jax.blt import BLT, check_inputs
 from blt_jax.transformer import Transformer, entropies
 
@@ -38,19 +38,24 @@ def _bucket(n: int) -> int:
 class Model:
     """A loaded model: `.logits`, `.entropies`, `.patch_lengths` (and `.generate`)."""
 
-    def __init__(self, workdir: str | pathlib.Path, step: int | None = None):
+    def __init__(self, workdir: str | pathlib.Path, step: int | None = None,
+                 mesh: jax.sharding.Mesh | None = None):
         self.workdir = pathlib.Path(workdir)
         self.config = read_config(workdir)
         self.kind = self.config.kind
         self.model_config = config.validate(self.config.model)
         graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(self.model_config)))
+        if mesh is not None:  # restore straight into this mesh's shards
+            shardings = sharding.state_shardings(abstract, mesh)
+            abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                    abstract, shardings)
         params, self.step = checkpoint.restore_params(workdir, abstract, step)
         self.graphdef, self.params = graphdef, params
         self.module = nnx.merge(graphdef, params)
         self.entropy_model: Model | None = None
         if self.kind == "blt" and self.config.entropy.workdir:
             ent_dir = self.workdir / self.config.entropy.workdir
-            self.entropy_model = Model(ent_dir)
+            self.entropy_model = Model(ent_dir, mesh=mesh)
         self.patching_rule = config.patching_rule(self.model_config.patching) \
             if self.kind == "blt" else {}
         self.tokenizer = None
@@ -103,9 +108,13 @@ class Model:
         return np.asarray(self._apply(self.params, jnp.asarray(ids), jnp.asarray(lengths)))
 
 
-def load(path: str | pathlib.Path, step: int | None = None) -> Model:
-    """Opens a workdir written by blt-jax (training, or `blt-jax import-reference`)."""
+def load(path: str | pathlib.Path, step: int | None = None,
+         mesh: jax.sharding.Mesh | None = None) -> Model:
+    """Opens a workdir written by blt-jax (training, or `blt-jax import-reference`).
+
+    With `mesh`, parameters are restored directly into that mesh's shards (any mesh shape).
+    """
     p = pathlib.Path(path)
     if not p.is_dir():
         raise ValueError(f"path: {path} is not a directory")
-    return Model(p, step)
+    return Model(p, step, mesh)

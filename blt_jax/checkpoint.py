@@ -65,6 +65,7 @@ def manager(workdir: str | os.PathLike, *, save_every: int = 1, keep_latest: int
                                  keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=async_save, read_only=read_only, create=not read_only,
+        best_fn=lambda m: m[BEST_METRIC], best_mode="min",  # makes Orbax store the metrics
         save_decision_policy=cm.AnySavePolicy([cm.FixedIntervalPolicy(max(save_every, 1)),
                                                cm.PreemptionCheckpointingPolicy()]),
         preservation_policy=cm.AnyPreservationPolicy(policies))
@@ -82,7 +83,8 @@ def save(mngr: ocp.CheckpointManager, step: int, *, params: Any, opt_state: Any 
         import grain
 
         items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    return mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
+    with _quiet_absl():  # Orbax warns on every save that carries no eval metrics
+        return mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, *, params: Any, opt_state: Any = None,
@@ -148,6 +150,11 @@ def pin(workdir: str | os.PathLike, step: int) -> None:
     _write_pins(workdir, read_pins(workdir) | {step})
 
 
+def add_pins(workdir: str | os.PathLike, steps_to_pin: Sequence[int]) -> None:
+    """Pins steps ahead of time (config `checkpoint.pinned_steps`): kept once saved."""
+    _write_pins(workdir, read_pins(workdir) | {int(s) for s in steps_to_pin})
+
+
 def unpin(workdir: str | os.PathLike, step: int) -> None:
     pins = read_pins(workdir)
     if step not in pins:
@@ -160,11 +167,11 @@ def describe(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     pins = read_pins(workdir)
     rows = []
     for step in steps(workdir):
-        meta_file = pathlib.Path(workdir) / CHECKPOINTS / str(step) / "_CHECKPOINT_METADATA"
+        metrics_file = pathlib.Path(workdir) / CHECKPOINTS / str(step) / "metrics" / "metrics"
         metrics = {}
-        if meta_file.exists():
+        if metrics_file.exists():
             try:
-                metrics = json.loads(meta_file.read_text()).get("metrics") or {}
+                metrics = json.loads(metrics_file.read_text())
             except ValueError:
                 metrics = {}
         rows.append({"step": step, "pinned": step in pins, "metrics": metrics})

@@ -75,6 +75,105 @@ def _import_reference(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="experiment file (experiments/*.py), "
+                   "optionally FILE:ARG for get_config(ARG)")
+    p.add_argument("--workdir", required=True, help="where checkpoints, logs and config go; an "
+                   "existing workdir resumes")
+
+
+@command("train", "train (or resume) an experiment; overrides: --config.a.b=value", _train_args)
+def _train(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from blt_jax import config, train
+
+    cfg = config.apply_overrides(config.load_experiment(args.config), extra)
+    summary = train.run(cfg, args.workdir)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="a trained or imported workdir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--data-source", default=None, help="override data.source "
+                   "(embedded, text, jsonl, tfds, preprocessed)")
+    p.add_argument("--data-path", default=None, help="override data.path")
+    p.add_argument("--split", default="validation", help="which split to score")
+    p.add_argument("--max-batches", type=int, default=0, help="0: the whole split")
+
+
+@command("eval", "bits-per-byte of a workdir's model on its (or given) data, as JSON", _eval_args)
+def _eval(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from blt_jax import evaluate
+
+    print(json.dumps(evaluate.evaluate_workdir(
+        args.workdir, step=args.step, source=args.data_source, path=args.data_path,
+        split=args.split, max_batches=args.max_batches or None), indent=2))
+    return 0
+
+
+def _ckpt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "pin", "unpin"])
+    p.add_argument("workdir")
+    p.add_argument("step", nargs="?", type=int)
+
+
+@command("ckpt", "list checkpoints, or pin/unpin a step so cleanup never deletes it", _ckpt_args)
+def _ckpt(args: argparse.Namespace, extra: list[str]) -> int:
+    from blt_jax import checkpoint
+
+    if args.action == "list":
+        rows = checkpoint.describe(args.workdir)
+        if not rows:
+            raise ValueError(f"ckpt: no checkpoints in {args.workdir}")
+        for r in rows:
+            m = " ".join(f"{k}={v:.4f}" for k, v in sorted(r["metrics"].items()))
+            print(f"{r['step']:>8}  {'pinned' if r['pinned'] else '      '}  {m}")
+        return 0
+    if args.step is None:
+        raise ValueError(f"ckpt {args.action}: give the STEP to {args.action}")
+    (checkpoint.pin if args.action == "pin" else checkpoint.unpin)(args.workdir, args.step)
+    print(f"{args.action}ned step {args.step} in {args.workdir}")
+    return 0
+
+
+def _preprocess_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="a trained entropy-model workdir")
+    p.add_argument("--out", required=True, help="new directory for the ArrayRecord shards")
+    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--max-docs", type=int, default=0, help="0: every document")
+
+
+@command("preprocess", "store entropies (float16) of a dataset in ArrayRecord shards",
+         _preprocess_args)
+def _preprocess(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from blt_jax import preprocess
+
+    print(json.dumps(preprocess.run(args.workdir, args.out, shards=args.shards,
+                                    max_docs=args.max_docs), indent=2))
+    return 0
+
+
+def _quickstart_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", default="runs/quickstart")
+    p.add_argument("--steps", type=int, default=0, help="override the tiny runs' step count")
+
+
+@command("quickstart", "train entropy model, BLT and BPE baseline on the embedded corpus, "
+         "evaluate, print a table (the README's main job)", _quickstart_args)
+def _quickstart(args: argparse.Namespace, extra: list[str]) -> int:
+    from blt_jax import quickstart
+
+    quickstart.run(args.workdir, args.steps)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from blt_jax import __version__
 
@@ -112,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Subcommands that take `--config.a.b=value` overrides after their own flags.
-_ACCEPTS_OVERRIDES: set[str] = set()
+_ACCEPTS_OVERRIDES: set[str] = {"train"}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -170,6 +170,23 @@ def experiment_config(kind: str, model: ml_collections.ConfigDict) -> ml_collect
     return c
 
 
+def tiny_experiment(kind: str) -> ml_collections.ConfigDict:
+    """CPU-sized runs on the embedded corpus (experiments/*_tiny.py and `blt-jax quickstart`).
+
+    blt_tiny's latent transformer has bpe_tiny's shape (64 wide, 2 layers, 4 heads): the paper's
+    pairing of a BLT with the token model of the same latent architecture.
+    """
+    preset = {"entropy": "entropy_tiny", "blt": "blt_tiny", "bpe": "bpe_tiny"}[kind]
+    c = experiment_config(kind, model_preset(preset))
+    c.data.update(seq_len=128 if kind == "bpe" else 256, batch_size=8, eval_batch_size=16)
+    c.optim.update(lr=3e-3, warmup_steps=20, min_lr_ratio=0.1)
+    c.train.update(steps=200, eval_every=200, eval_batches=0, log_every=10)
+    c.checkpoint.every = 100
+    if kind == "blt":
+        c.entropy.update(target_bytes_per_patch=4.0, calibration_docs=64)
+    return c
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation
 

@@ -99,8 +99,10 @@ def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[Any] | None =
         if len(devices) % known:
             raise ValueError(f"mesh: {len(devices)} devices cannot fill {sizes}")
         sizes[sizes.index(-1)] = len(devices) // known
-    if sizes[0] * sizes[1] * sizes[2] != len(devices):
-        raise ValueError(f"mesh: {sizes} needs {sizes[0] * sizes[1] * sizes[2]} devices, "
-                         f"{len(devices)} available")
+    total = sizes[0] * sizes[1] * sizes[2]
+    if total < len(devices) and -1 not in shape and jax.process_count() == 1:
+        devices = devices[:total]  # an explicit smaller mesh on one host uses the first devices
+    if total != len(devices):
+        raise ValueError(f"mesh: {sizes} needs {total} devices, {len(devices)} available")
     auto = (jax.sharding.AxisType.Auto,) * 3
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)

@@ -6,6 +6,12 @@ _xla = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _xla:
     os.environ["XLA_FLAGS"] = f"{_xla} --xla_force_host_platform_device_count=8".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the whole run (xdist workers and the CLI subprocesses
+# inherit it): tests that build the same tiny models reuse each other's executables.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"blt-jax-test-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import json  # noqa: E402
 import pathlib  # noqa: E402

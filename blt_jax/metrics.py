@@ -1,0 +1,99 @@
+"""Run metrics: JSONL + TensorBoard event files (tensorboardX, no TensorFlow), a progress line
+with ETA, and the measured matmul peak of this machine for MFU."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+class Writer:
+    """Writes scalars to WORKDIR/metrics.jsonl and WORKDIR/tb (process 0 only)."""
+
+    def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"))
+
+    def write(self, step: int, scalars: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in scalars.items() if v is not None}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **clean}) + "\n")
+        for k, v in clean.items():
+            self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
+            self.tb.close()
+
+
+def read(workdir: str | pathlib.Path) -> list[dict[str, float]]:
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class Progress:
+    """One status line on stderr: rewritten in place on a terminal, printed every `every` else."""
+
+    def __init__(self, total: int, start: int, every: int, enabled: bool = True, label: str = ""):
+        self.total, self.start, self.every, self.enabled = total, start, max(every, 1), enabled
+        self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.label = label
+
+    def update(self, step: int, text: str) -> None:
+        if not self.enabled:
+            return
+        done = step - self.start
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
+        line = f"{self.label}step {step}/{self.total} {text} ETA {_fmt(eta)}"
+        if self.tty:
+            sys.stderr.write("\r" + line[:160].ljust(100))
+            sys.stderr.flush()
+        elif step % self.every == 0 or step == self.total:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+
+
+def _fmt(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s"
+
+
+@functools.lru_cache(maxsize=None)
+def measured_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a jitted n x n matmul on the first device (median of `repeats`).
+
+    bfloat16 inputs accumulate in float32, as the model's matmuls do.
+    """
+    dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    a = jnp.ones((n, n), dt)
+    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    f(a, a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / sorted(times)[len(times) // 2]
