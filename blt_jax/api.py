@@ -108,6 +108,42 @@ class Model:
         return np.asarray(self._apply(self.params, jnp.asarray(ids), jnp.asarray(lengths)))
 
 
+    @functools.cached_property
+    def _generator(self) -> Any:
+        from blt_jax import generate
+
+        return generate.Generator(self, self.max_context)
+
+    max_context = 4096  # prompt + new ids per row for generate()
+
+    def generate(self, prompt: Any, *, max_new_bytes: int = 256, temperature: float = 0.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                 stop: Any = None) -> Any:
+        """New bytes after `prompt` (str or bytes, or a list of them for a batch).
+
+        temperature 0 is greedy; stops at EOS, `max_new_bytes` or any `stop` string (excluded
+        from the result). BLT runs one latent step per closed patch (see blt_jax.incremental).
+        """
+        from blt_jax import generate
+
+        batch = isinstance(prompt, (list, tuple))
+        prompts = [tokenizer_bytes(p) for p in (prompt if batch else [prompt])]
+        if not prompts:
+            raise ValueError("prompt: give at least one prompt")
+        stops = tuple(tokenizer_bytes(s) for s in ([stop] if isinstance(stop, (str, bytes))
+                                                   else (stop or ())))
+        opts = generate.Options(max_new_bytes, temperature, top_k, top_p, seed, stops)
+        result = self._generator.generate(prompts, opts)
+        self.last_generation = result
+        return result.new if batch else result.new[0]
+
+
+def tokenizer_bytes(text: Any) -> bytes:
+    from blt_jax.tokenizer import to_bytes
+
+    return to_bytes(text)
+
+
 def load(path: str | pathlib.Path, step: int | None = None,
          mesh: jax.sharding.Mesh | None = None) -> Model:
     """Opens a workdir written by blt-jax (training, or `blt-jax import-reference`).

@@ -69,19 +69,31 @@ class BLT(nnx.Module):
         self.global_transformer = LatentTransformer(cfg, rngs=rngs)
         self.local_decoder = LocalDecoder(cfg, rngs=rngs)
 
-    def __call__(self, ids_BxN: jax.Array, patch_lengths_BxP: jax.Array) -> jax.Array:
-        """fp32 logits (B, N, 260): position i predicts byte i + 1."""
+    def __call__(self, ids_BxN: jax.Array, patch_lengths_BxP: jax.Array,
+                 sink: dict | None = None) -> jax.Array:
+        """fp32 logits (B, N, 260): position i predicts byte i + 1.
+
+        `sink` (generation prefill) receives every stack's intermediate keys/values and the
+        global outputs, from which generation builds its caches.
+        """
         check_inputs(ids_BxN, patch_lengths_BxP)
         b, n = ids_BxN.shape
         p = patch_lengths_BxP.shape[1]
         patch_ids, decoder_ids = patching.patch_ids_from_lengths(patch_lengths_BxP, n)
         pos = positions(b, n)
         seg = attention.segments_from_eos(ids_BxN, EOS_ID)
-        h, patches = self.local_encoder(ids_BxN, pos, seg, patch_ids, p)
+        enc_sink = {} if sink is not None else None
+        h, patches = self.local_encoder(ids_BxN, pos, seg, patch_ids, p, enc_sink)
         patch_seg = patch_segments(ids_BxN, patch_ids, p) \
             if self.cfg.global_attention == "block_causal" else None
-        g = self.global_transformer(patches, patch_seg)
-        return self.local_decoder(h, g, pos, seg, decoder_ids)
+        glob_sink = [] if sink is not None else None
+        dec_sink = [] if sink is not None else None
+        g = self.global_transformer(patches, patch_seg, glob_sink)
+        logits = self.local_decoder(h, g, pos, seg, decoder_ids, dec_sink)
+        if sink is not None:
+            sink.update(encoder=enc_sink, latent=glob_sink, decoder=dec_sink, h=h, g=g,
+                        patch_seg=patch_seg, patch_ids=patch_ids)
+        return logits
 
 
 def patch_from_ids(rule: dict[str, Any], entropy_model: Transformer | None, ids_BxN: jax.Array,

@@ -160,6 +160,63 @@ def _preprocess(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="a BLT or BPE workdir")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="prompt text (UTF-8); '' for an empty prompt (BOS only)")
+    g.add_argument("--prompt-file", help="file whose raw bytes are the prompt")
+    p.add_argument("--max-new-bytes", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--stream", action="store_true", help="print bytes as they are produced")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+
+@command("generate", "continue a prompt with a BLT (one latent step per patch) or BPE model",
+         _generate_args)
+def _generate(args: argparse.Namespace, extra: list[str]) -> int:
+    import codecs
+    import time
+
+    import blt_jax
+    from blt_jax import generate
+
+    prompt = args.prompt.encode("utf-8", errors="surrogateescape") if args.prompt is not None \
+        else open(args.prompt_file, "rb").read()
+    model = blt_jax.load(args.workdir, args.step)
+    opts = generate.Options(args.max_new_bytes, args.temperature, args.top_k, args.top_p,
+                            args.seed, tuple(s.encode("utf-8") for s in args.stop))
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # never split a character
+    t0 = time.perf_counter()
+    result = None
+    printed = 0
+    if args.stream:
+        # hold back what could still turn out to be the start of a stop string
+        hold = max((len(s) for s in opts.stop), default=1) - 1
+        pending = b""
+        for pieces, result in model._generator.stream([prompt], opts, chunk=8):
+            if result is not None:
+                break
+            pending += pieces[0]
+            safe = max(0, len(pending) - hold)
+            sys.stdout.write(decoder.decode(pending[:safe]))
+            sys.stdout.flush()
+            printed += safe
+            pending = pending[safe:]
+    else:
+        result = model._generator.generate([prompt], opts)
+    sys.stdout.write(decoder.decode(result.new[0][printed:]))
+    sys.stdout.write(decoder.decode(b"", final=True) + "\n")
+    dt = time.perf_counter() - t0
+    n = len(result.new[0])
+    extra_info = f", {result.latent_steps[0]} latent steps" if model.kind == "blt" else ""
+    print(f"[{n} bytes in {dt:.2f} s{extra_info}]", file=sys.stderr)
+    return 0
+
+
 def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default="runs/quickstart")
     p.add_argument("--steps", type=int, default=0, help="override the tiny runs' step count")

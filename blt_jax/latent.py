@@ -9,7 +9,8 @@ from flax import nnx
 
 from blt_jax.layers import Linear
 from blt_jax.sharding import constrain
-from blt_jax.transformer import causal_attend, compute_dtype, make_blocks, positions, run_block
+from blt_jax.transformer import (capturing, causal_attend, compute_dtype, make_blocks, positions,
+                                 run_block)
 
 
 class LatentTransformer(nnx.Module):
@@ -22,13 +23,16 @@ class LatentTransformer(nnx.Module):
         self.layers = make_blocks(cfg, cfg.dim_global, cfg.n_layers_global, cfg.n_heads_global,
                                   cfg.n_kv_heads_global, rngs)
 
-    def __call__(self, x_BxPxE: jax.Array, patch_seg_BxP: jax.Array | None = None) -> jax.Array:
+    def project(self, x_BxPxE: jax.Array) -> jax.Array:
+        return x_BxPxE if self.token_embedding_projection is None else \
+            self.token_embedding_projection(x_BxPxE)
+
+    def __call__(self, x_BxPxE: jax.Array, patch_seg_BxP: jax.Array | None = None,
+                 sink: list | None = None) -> jax.Array:
         """Patch vectors -> global outputs (B, P, d_G). `patch_seg` enables block-causal masks."""
         b, p, _ = x_BxPxE.shape
-        h = x_BxPxE if self.token_embedding_projection is None else \
-            self.token_embedding_projection(x_BxPxE)
-        h = constrain(h, ("batch", "patches", "act_embed"))
-        attend = causal_attend(self.cfg, b, p, patch_seg_BxP)
+        h = constrain(self.project(x_BxPxE), ("batch", "patches", "act_embed"))
+        attend = capturing(causal_attend(self.cfg, b, p, patch_seg_BxP), sink)
         pos = positions(b, p)
         for block in self.layers:
             h = run_block(block, self.cfg.remat, h, pos, attend)

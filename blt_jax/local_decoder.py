@@ -12,7 +12,7 @@ from blt_jax import attention
 from blt_jax.layers import CrossAttention, Linear, RMSNorm, depth_factor
 from blt_jax.sharding import constrain
 from blt_jax.tokenizer import VOCAB_SIZE
-from blt_jax.transformer import compute_dtype, local_attend, make_blocks, run_block
+from blt_jax.transformer import capturing, compute_dtype, local_attend, make_blocks, run_block
 
 
 class LocalDecoder(nnx.Module):
@@ -52,16 +52,20 @@ class LocalDecoder(nnx.Module):
                                               decoder_patch_ids_BxN)
         return h_BxNxD + layer.finish(h_BxNxD, o)
 
+    def logits(self, h_BxNxD: jax.Array) -> jax.Array:
+        logits = self.output(self.norm(h_BxNxD)).astype(jnp.float32)
+        return constrain(logits, ("batch", "length", "act_vocab"))
+
     def __call__(self, h_BxNxD: jax.Array, g_BxPxG: jax.Array, pos_BxN: jax.Array,
-                 seg_BxN: jax.Array, decoder_patch_ids_BxN: jax.Array) -> jax.Array:
+                 seg_BxN: jax.Array, decoder_patch_ids_BxN: jax.Array,
+                 sink: list | None = None) -> jax.Array:
         cfg = self.cfg
         z = self.patch_rows(g_BxPxG)
-        attend = local_attend(cfg, seg_BxN, cfg.local_attention_window_len)
+        attend = capturing(local_attend(cfg, seg_BxN, cfg.local_attention_window_len), sink)
         h = h_BxNxD
         for i, block in enumerate(self.layers):
             if i == 0 or cfg.cross_attn_all_layers_decoder:
                 layer = self.cross_attn_layers[i if cfg.cross_attn_all_layers_decoder else 0]
                 h = self.cross_attend(layer, h, z, decoder_patch_ids_BxN)
             h = run_block(block, cfg.remat, h, pos_BxN, attend)
-        logits = self.output(self.norm(h)).astype(jnp.float32)
-        return constrain(logits, ("batch", "length", "act_vocab"))
+        return self.logits(h)

@@ -12,7 +12,7 @@ from blt_jax import attention, hashing
 from blt_jax.layers import CrossAttention, Embedding, Linear, depth_factor
 from blt_jax.sharding import constrain
 from blt_jax.tokenizer import VOCAB_SIZE
-from blt_jax.transformer import compute_dtype, local_attend, make_blocks, run_block
+from blt_jax.transformer import capturing, compute_dtype, local_attend, make_blocks, run_block
 
 
 def hash_bucket_ids(cfg: ml_collections.ConfigDict, ids_BxN: jax.Array) -> jax.Array:
@@ -77,10 +77,18 @@ class LocalEncoder(nnx.Module):
         return q_BxPkxD + layer.finish(q_BxPkxD, o.reshape((b, pk) + o.shape[3:]))
 
     def __call__(self, ids_BxN: jax.Array, pos_BxN: jax.Array, seg_BxN: jax.Array,
-                 patch_ids_BxN: jax.Array, n_patches: int) -> tuple[jax.Array, jax.Array]:
-        """-> byte states h (B, N, d_E) (no final norm) and patch vectors (B, P, k·d_E)."""
+                 patch_ids_BxN: jax.Array, n_patches: int, sink: dict | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+        """-> byte states h (B, N, d_E) (no final norm) and patch vectors (B, P, k·d_E).
+
+        `sink` (generation prefill) collects self-attention (k, v) per layer under "self" and,
+        per cross-attention layer, the byte states it reads under "cross_h".
+        """
         cfg = self.cfg
         attend = local_attend(cfg, seg_BxN, cfg.local_attention_window_len)
+        if sink is not None:
+            sink.update(self=[], cross_h=[])
+            attend = capturing(attend, sink["self"])
         h = self.embed(ids_BxN)
         queries = None
         last = len(self.layers) - 1
@@ -91,5 +99,7 @@ class LocalEncoder(nnx.Module):
                     queries = self.init_queries(h, patch_ids_BxN, n_patches)
                 layer = self.cross_attn_layers[i if cfg.cross_attn_all_layers_encoder else 0]
                 queries = self.cross_attend(layer, queries, h, patch_ids_BxN)
+                if sink is not None:
+                    sink["cross_h"].append(h)
         b = ids_BxN.shape[0]
         return h, queries.reshape(b, n_patches, -1)

@@ -58,6 +58,17 @@ def causal_attend(cfg: ml_collections.ConfigDict, b: int, n: int,
     return lambda q, k, v: attention.causal_attention(q, k, v, seg_BxN, cfg.attention_chunk)
 
 
+def capturing(attend: Attend, sink: list | None) -> Attend:
+    """Records each layer's (k, v) in `sink` (generation prefill builds its caches from them)."""
+    if sink is None:
+        return attend
+
+    def f(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        sink.append((k, v))
+        return attend(q, k, v)
+    return f
+
+
 def positions(b: int, n: int, offset: int = 0) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(offset, offset + n, dtype=jnp.int32)[None], (b, n))
 
@@ -79,11 +90,12 @@ class Transformer(nnx.Module):
             return local_attend(self.cfg, seg, self.cfg.window)
         return causal_attend(self.cfg, *ids_BxL.shape)
 
-    def __call__(self, ids_BxL: jax.Array, pos_BxL: jax.Array | None = None) -> jax.Array:
-        """fp32 next-id logits (B, L, V)."""
+    def __call__(self, ids_BxL: jax.Array, pos_BxL: jax.Array | None = None,
+                 sink: list | None = None) -> jax.Array:
+        """fp32 next-id logits (B, L, V); `sink` collects every layer's (k, v)."""
         pos = positions(*ids_BxL.shape) if pos_BxL is None else pos_BxL
         h = constrain(self.tok_embeddings(ids_BxL), ("batch", "length", "act_embed"))
-        attend = self.attend(ids_BxL)
+        attend = capturing(self.attend(ids_BxL), sink)
         for block in self.layers:
             h = run_block(block, self.cfg.remat, h, pos, attend)
         logits = self.output(self.norm(h)).astype(jnp.float32)
