@@ -85,10 +85,10 @@ def _loop(step_fn: Callable, choose_fn: Callable, carry: Carry, budget: int, opt
         out_bytes = c.out_bytes + jnp.where(s.done, 0, nbytes[x])
         finished = (x == eos) | (out_bytes >= opts.max_new) | \
             _matches(new.ids, s.length, n_new, pad, stops)
-        new = new._replace(n_new=n_new, done=finished)
-        keep = lambda a, b: jnp.where(s.done.reshape((-1,) + (1,) * (a.ndim - 1)), b, a)  # noqa
-        return Carry(jax.tree.map(keep, new, s), c.steps + 1, c.latent_runs + ran, history,
-                     out_bytes)
+        # Rows already done keep stepping on dummy ids (no cross-row effect, cheaper than
+        # selecting every cache); their counters and outputs stay frozen.
+        new = new._replace(n_new=jnp.where(s.done, s.n_new, n_new), done=s.done | finished)
+        return Carry(new, c.steps + 1, c.latent_runs + ran, history, out_bytes)
 
     return jax.lax.while_loop(cond, body, carry._replace(steps=jnp.zeros((), jnp.int32)))
 

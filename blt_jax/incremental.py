@@ -260,13 +260,15 @@ class BltGenerator:
         x = m.global_transformer.project(qv.reshape(b, 1, self.k * d))[:, 0]
         lat = []
         for block, cache in zip(m.global_transformer.layers, s.lat):
-            x, cache = kv_cache.block_step(block, x, j, s.patch_seg, cache, None, ring=False)
+            # rows not closing leave slot j empty (it is their open patch, filled when it closes)
+            x, cache = kv_cache.block_step(block, x, j, s.patch_seg, cache, None, ring=False,
+                                           valid_B=close_B)
             lat.append(cache)
         dec_k, dec_v = self._decoder_patch_kv(x)
         keep = lambda new, old: jax.tree.map(  # noqa: E731
             lambda a, o: jnp.where(close_B.reshape((-1,) + (1,) * (a.ndim - 1)), a, o), new, old)
         return s._replace(
-            lat=keep(lat, s.lat), dec_k=keep(dec_k, s.dec_k), dec_v=keep(dec_v, s.dec_v),
+            lat=lat, dec_k=keep(dec_k, s.dec_k), dec_v=keep(dec_v, s.dec_v),
             n_closed=s.n_closed + close_B,
             patch_seg=s.patch_seg + (close_B & s.open_eos & (cfg.global_attention == "block_causal")),
             open_eos=jnp.where(close_B, False, s.open_eos))

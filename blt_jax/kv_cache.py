@@ -48,13 +48,15 @@ def empty(b: int, size: int, g: int, d: int, dtype: Any) -> Cache:
 
 
 def write(cache: Cache, k_BxGxD: jax.Array, v_BxGxD: jax.Array, pos_B: jax.Array,
-          seg_B: jax.Array, ring: bool) -> Cache:
+          seg_B: jax.Array, ring: bool, valid_B: jax.Array | None = None) -> Cache:
+    """Stores this position's entry; rows with valid False leave an empty (-1) slot instead."""
     size = cache.pos.shape[1]
     slot = pos_B % size if ring else pos_B
     put = jax.vmap(lambda c, s, x: c.at[s].set(x))
+    pos = pos_B if valid_B is None else jnp.where(valid_B, pos_B, -1)
     return Cache(put(cache.k, slot, k_BxGxD.astype(cache.k.dtype)),
                  put(cache.v, slot, v_BxGxD.astype(cache.v.dtype)),
-                 put(cache.pos, slot, pos_B), put(cache.seg, slot, seg_B))
+                 put(cache.pos, slot, pos), put(cache.seg, slot, seg_B))
 
 
 def attend(q_BxHxD: jax.Array, cache: Cache, pos_B: jax.Array, seg_B: jax.Array,
@@ -69,11 +71,13 @@ def attend(q_BxHxD: jax.Array, cache: Cache, pos_B: jax.Array, seg_B: jax.Array,
 
 
 def block_step(block: Any, x_BxD: jax.Array, pos_B: jax.Array, seg_B: jax.Array, cache: Cache,
-               window: int | None, ring: bool) -> tuple[jax.Array, Cache]:
-    """TransformerBlock on one token per row, reading and extending its cache."""
+               window: int | None, ring: bool, valid_B: jax.Array | None = None
+               ) -> tuple[jax.Array, Cache]:
+    """TransformerBlock on one token per row, reading and extending its cache (rows with
+    valid False compute a throw-away output and leave their cache slot empty)."""
     h = block.attention_norm(x_BxD[:, None])
     q, k, v = block.attention.qkv(h, pos_B[:, None])
-    cache = write(cache, k[:, 0], v[:, 0], pos_B, seg_B, ring)
+    cache = write(cache, k[:, 0], v[:, 0], pos_B, seg_B, ring, valid_B)
     o = attend(q[:, 0], cache, pos_B, seg_B, window)
     x = x_BxD[:, None] + block.attention.out(o[:, None])
     x = x + block.feed_forward(block.ffn_norm(x))
