@@ -180,7 +180,7 @@ def tiny_experiment(kind: str) -> ml_collections.ConfigDict:
     c = experiment_config(kind, model_preset(preset))
     c.data.update(seq_len=128 if kind == "bpe" else 256, batch_size=8, eval_batch_size=16)
     c.optim.update(lr=3e-3, warmup_steps=20, min_lr_ratio=0.1)
-    c.train.update(steps=200, eval_every=200, eval_batches=0, log_every=10)
+    c.train.update(steps=300, eval_every=300, eval_batches=0, log_every=10)
     c.checkpoint.every = 100
     if kind == "blt":
         c.entropy.update(target_bytes_per_patch=4.0, calibration_docs=64)

@@ -14,7 +14,10 @@ import pathlib
 import time
 from typing import Any
 
+import blt_jax
 from blt_jax import bpe, config, data, evaluate, flops, train
+
+PROMPT = "The return value of "
 
 
 def _steps_for_flops(cfg: Any, tok: bpe.BpeTokenizer, target_flops: float) -> int:
@@ -58,10 +61,23 @@ def run(workdir: str = "runs/quickstart", steps: int = 0, log=print) -> dict[str
     for kind in ("entropy", "blt", "bpe"):
         results[kind]["val"] = evaluate.evaluate_workdir(root / kind)
     table = format_table(results)
+    samples = {}
+    for kind in ("blt", "bpe"):
+        model = blt_jax.load(root / kind)
+        t = time.perf_counter()
+        new = model.generate(PROMPT, max_new_bytes=96)
+        samples[kind] = {"text": new.decode("utf-8", errors="replace"),
+                         "seconds": time.perf_counter() - t}
+        if kind == "blt":
+            samples[kind]["latent_steps"] = model.last_generation.latent_steps[0]
     summary = {"workdir": str(root), "wall_seconds": time.perf_counter() - t0,
-               "table": table, "results": results}
+               "table": table, "results": results, "samples": samples}
     (root / "quickstart.json").write_text(json.dumps(summary, indent=2, default=str))
     log(table)
+    for kind, sample in samples.items():
+        extra = f", {sample['latent_steps']} latent steps" if "latent_steps" in sample else ""
+        log(f"{kind} continues {PROMPT!r} -> {sample['text']!r} ({sample['seconds']:.1f} s "
+            f"incl. compile{extra})")
     log(f"checkpoints: {root}/{{entropy,blt,bpe}}/checkpoints   "
         f"TensorBoard: tensorboard --logdir {root}   "
         f"wall time: {summary['wall_seconds']:.0f} s")
