@@ -80,15 +80,23 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    "optionally FILE:ARG for get_config(ARG)")
     p.add_argument("--workdir", required=True, help="where checkpoints, logs and config go; an "
                    "existing workdir resumes")
+    p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-process; "
+                   "Cloud TPU VMs are detected automatically)")
+    p.add_argument("--num-processes", type=int, default=None)
+    p.add_argument("--process-id", type=int, default=None)
+    p.add_argument("--heartbeat-timeout", type=int, default=30,
+                   help="seconds before the survivors of a crashed process fail")
 
 
 @command("train", "train (or resume) an experiment; overrides: --config.a.b=value", _train_args)
 def _train(args: argparse.Namespace, extra: list[str]) -> int:
     import json
 
-    from blt_jax import config, train
+    from blt_jax import config, distributed, train
 
     cfg = config.apply_overrides(config.load_experiment(args.config), extra)
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                           heartbeat_timeout_s=args.heartbeat_timeout)
     summary = train.run(cfg, args.workdir)
     print(json.dumps(summary, indent=2))
     return 0
@@ -102,6 +110,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-path", default=None, help="override data.path")
     p.add_argument("--split", default="validation", help="which split to score")
     p.add_argument("--max-batches", type=int, default=0, help="0: the whole split")
+    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the "
+                   "model's data.seq_len, in its own units)")
+    p.add_argument("--stride", type=int, default=None, help="sliding windows with this stride "
+                   "(default: non-overlapping windows)")
 
 
 @command("eval", "bits-per-byte of a workdir's model on its (or given) data, as JSON", _eval_args)
@@ -112,7 +124,8 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> int:
 
     print(json.dumps(evaluate.evaluate_workdir(
         args.workdir, step=args.step, source=args.data_source, path=args.data_path,
-        split=args.split, max_batches=args.max_batches or None), indent=2))
+        split=args.split, max_batches=args.max_batches or None, seq_len=args.seq_len,
+        stride=args.stride), indent=2))
     return 0
 
 
@@ -217,6 +230,74 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _compile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="experiment file, e.g. experiments/blt_1b.py")
+    p.add_argument("--topology", required=True, help="TPU topology (v5p:4x4x4, v5e:16x16, "
+                   "v6e:8x8) or accelerator type (v5p-64, v5litepod-256)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+@command("compile-check", "AOT-compile the train step for a TPU slice on this machine and "
+         "report per-device HBM use (needs pip install 'blt-jax[tpu]')", _compile_args)
+def _compile_check(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from blt_jax import compile_check, config
+
+    cfg = config.apply_overrides(config.load_experiment(args.config), extra)
+    report = compile_check.check(cfg, args.topology)
+    print(json.dumps(report, indent=2) if args.json else compile_check.format_report(report))
+    return 0 if report["fits"] else 3
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", required=True, help="a trained BLT workdir")
+    p.add_argument("--thresholds", type=_floats, default=[], help="e.g. 2.5,3,3.5")
+    p.add_argument("--targets", type=_floats, default=[], help="target bytes/patch, e.g. 2,4,6,8")
+    p.add_argument("--max-batches", type=int, default=0, help="0: the whole validation split")
+    p.add_argument("--plot", default=None, help="write the sweep figure to this PNG")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+
+
+@command("sweep-threshold", "evaluate a BLT at several thresholds / patch sizes: bytes/patch, "
+         "FLOPs/byte, BPB", _sweep_args)
+def _sweep(args: argparse.Namespace, extra: list[str]) -> int:
+    import json
+
+    from blt_jax import sweep
+
+    rows = sweep.run(args.workdir, thresholds=args.thresholds, targets=args.targets,
+                     max_batches=args.max_batches or None, plot=args.plot)
+    print(sweep.format_rows(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="experiments/compare_tiny.py",
+                   help="comparison config (FILE or FILE:ci)")
+    p.add_argument("--workdir", default="runs/compare_tiny")
+
+
+@command("compare", "BLT (entropy/space/static patching) vs BPE at equal training FLOPs: table "
+         "and BPB-vs-FLOPs plot", _compare_args)
+def _compare(args: argparse.Namespace, extra: list[str]) -> int:
+    from blt_jax import compare, config
+
+    cfg = config.apply_overrides(config.load_experiment(args.config), extra)
+    compare.run(cfg, args.workdir)
+    return 0
+
+
 def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default="runs/quickstart")
     p.add_argument("--steps", type=int, default=0, help="override the tiny runs' step count")
@@ -268,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Subcommands that take `--config.a.b=value` overrides after their own flags.
-_ACCEPTS_OVERRIDES: set[str] = {"train"}
+_ACCEPTS_OVERRIDES: set[str] = {"train", "compile-check", "compare"}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -150,7 +150,7 @@ def experiment_config(kind: str, model: ml_collections.ConfigDict) -> ml_collect
         p_max=0,  # static patch buffer; 0 -> seq_len // 2
         batch_size=8,
         eval_batch_size=8,
-        max_eval_docs=0,  # 0: the whole validation split
+        loader_shards=0,  # document shards behind each global batch; 0 -> one per process
         num_workers=0,
     ))
     c.optim = ml_collections.ConfigDict(dict(
@@ -166,7 +166,9 @@ def experiment_config(kind: str, model: ml_collections.ConfigDict) -> ml_collect
         workdir="",  # trained entropy model (frozen, patches BLT rows); relative to the workdir
         target_bytes_per_patch=0.0,  # > 0: set the threshold from training data
         calibration_docs=256))
-    c.mesh = ml_collections.ConfigDict(dict(shape=(1, -1, 1)))
+    c.mesh = ml_collections.ConfigDict(dict(
+        shape=(1, -1, 1),  # (data, fsdp, tensor) inside a slice; one size may be -1
+        dcn_shape=(1, 1, 1)))  # across slices (multi-slice: data parallel over DCN)
     return c
 
 

@@ -263,6 +263,55 @@ def batches(docs: Sequence[Any], *, seq_len: int, batch_size: int, seed: int, tr
     return iter(it)
 
 
+class ConcatBatches(grain.DatasetIterator):
+    """Rows of several loader shards side by side, in shard order.
+
+    The global batch is the concatenation of `loader_shards` shard batches whichever process
+    loads them, so a run gives the same batches on 1 process or on many (each process loads its
+    contiguous range of shards). The state lists every shard's state.
+    """
+
+    def __init__(self, parents: list[grain.DatasetIterator]):
+        super().__init__(parents)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        parts = [next(p) for p in self._parents]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"shards": [p.get_state() for p in self._parents]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if len(state["shards"]) != len(self._parents):
+            raise ValueError(f"data: checkpoint holds {len(state['shards'])} loader shards for "
+                             f"this process, the run has {len(self._parents)}")
+        for p, s in zip(self._parents, state["shards"]):
+            p.set_state(s)
+
+
+def train_batches(docs: Sequence[Any], *, seq_len: int, batch_size: int, seed: int,
+                  loader_shards: int, process: tuple[int, int], bpe_tokenizer: Any = None,
+                  num_workers: int = 0) -> grain.DatasetIterator:
+    """This process's rows of every global training batch (see ConcatBatches)."""
+    index, count = process
+    shards = loader_shards or count
+    if shards % count or batch_size % shards:
+        raise ValueError(f"data.loader_shards: {shards} must be a multiple of the {count} "
+                         f"processes and divide data.batch_size {batch_size}")
+    per = shards // count
+    its = [batches(docs, seq_len=seq_len, batch_size=batch_size // shards, seed=seed, train=True,
+                   bpe_tokenizer=bpe_tokenizer, shard=(k, shards), num_workers=num_workers)
+           for k in range(index * per, (index + 1) * per)]
+    return its[0] if len(its) == 1 else ConcatBatches(its)
+
+
+def local_rows(batch: dict[str, np.ndarray], process: tuple[int, int]) -> dict[str, np.ndarray]:
+    """This process's slice of a global batch (every process reads the same evaluation stream)."""
+    index, count = process
+    n = len(batch["ids"]) // count
+    return {k: v[index * n: (index + 1) * n] for k, v in batch.items()}
+
+
 def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
     """Zero rows (mask False) up to batch_size, so a short last eval batch keeps its shape."""
     n = len(batch["ids"])

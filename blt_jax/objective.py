@@ -38,8 +38,11 @@ def sums(model: Any, batch: dict[str, jax.Array], *, kind: str, entropy_model: A
         logits = model(ids, buf.lengths)
         n = ids.shape[1]
         starts = jnp.cumsum(buf.lengths, axis=-1) - buf.lengths
-        real = (buf.lengths > 0) & (starts < n)  # holds at least one real byte (not virtual)
+        # a patch counts if it starts on a real byte (not the virtual position, not padding 0)
+        start_ids = jnp.take_along_axis(ids, jnp.clip(starts, 0, n - 1), axis=1)
+        real = (buf.lengths > 0) & (starts < n) & (start_ids != 0)
         out["n_patches"] = real.sum().astype(jnp.float32)
+        out["n_positions"] = (ids != 0).sum().astype(jnp.float32)
         out["n_slots"] = jnp.float32(buf.lengths.size)
         out["overflow_rows"] = (buf.overflow > 0).sum().astype(jnp.float32)
         out["n_rows"] = jnp.float32(ids.shape[0])
@@ -59,7 +62,7 @@ def summarize(total: dict[str, float]) -> dict[str, float]:
     out = {"loss": total["nll"] / max(total["n_targets"], 1.0),
            "bpb": total["nll"] / LN2 / max(total["n_bytes"], 1.0)}
     if "n_patches" in total:
-        out["bytes_per_patch"] = total["n_targets"] / max(total["n_patches"], 1.0)
+        out["bytes_per_patch"] = total["n_positions"] / max(total["n_patches"], 1.0)
         out["patch_padding"] = 1.0 - total["n_patches"] / max(total["n_slots"], 1.0)
         out["overflow_rate"] = total["overflow_rows"] / max(total["n_rows"], 1.0)
     return out

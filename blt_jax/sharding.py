@@ -58,6 +58,13 @@ def fitted_spec(names: Sequence[str | None], shape: Sequence[int], mesh: jax.sha
                for axes, dim in zip(spec, shape)))
 
 
+def np_prod(xs: Sequence[int]) -> int:
+    out = 1
+    for x in xs:
+        out *= x
+    return out
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """with_sharding_constraint by logical names; a no-op when no mesh is active."""
     mesh = jax.sharding.get_abstract_mesh()
@@ -80,10 +87,29 @@ def state_shardings(state: Any, mesh: jax.sharding.Mesh) -> Any:
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[Any] | None = None
-              ) -> jax.sharding.Mesh:
-    """A (data, fsdp, tensor) mesh with Auto axes; one size may be -1 to take the rest."""
+def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[Any] | None = None,
+              dcn_shape: Sequence[int] = (1, 1, 1)) -> jax.sharding.Mesh:
+    """A (data, fsdp, tensor) mesh with Auto axes; one size may be -1 to take the rest.
+
+    With `dcn_shape` (multi-slice), `shape` is per slice and the mesh is the hybrid
+    ICI x DCN mesh (put data parallelism on DCN: dcn_shape=(slices, 1, 1)).
+    """
     devices = list(devices if devices is not None else jax.devices())
+    dcn = tuple(int(x) for x in dcn_shape)
+    if len(dcn) != 3 or min(dcn) < 1:
+        raise ValueError(f"mesh.dcn_shape: expected 3 sizes >= 1, got {dcn}")
+    if dcn != (1, 1, 1):
+        from jax.experimental import mesh_utils
+
+        per_slice = list(shape)
+        if -1 in per_slice:
+            known = np_prod([x for x in per_slice if x != -1])
+            per_slice[per_slice.index(-1)] = len(devices) // np_prod(dcn) // known
+        if np_prod(per_slice) * np_prod(dcn) != len(devices):
+            raise ValueError(f"mesh: {per_slice} per slice x {dcn} slices != {len(devices)} "
+                             "devices")
+        grid = mesh_utils.create_hybrid_device_mesh(tuple(per_slice), dcn, devices)
+        return jax.sharding.Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
     sizes = list(shape)
     if len(sizes) != 3:
         raise ValueError(f"mesh: expected 3 sizes for {MESH_AXES}, got {sizes}")

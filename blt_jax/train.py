@@ -24,8 +24,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from blt_jax import (api, bpe, checkpoint, config, data, flops, metrics, objective, optim,
-                     patching, sharding)
+from blt_jax import (api, bpe, checkpoint, config, data, distributed, flops, metrics, objective,
+                     optim, patching, sharding)
 from blt_jax.transformer import Transformer, entropies
 
 ENTROPY_DIR = "entropy_model"
@@ -123,7 +123,9 @@ class Trainer:
     """Builds the sharded state and the jitted steps for one config."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                 entropy_model: api.Model | None = None):
+                 frozen: tuple[Any, Any, ml_collections.ConfigDict] | None = None):
+        """frozen: the entropy model as (graphdef, params, config); params may be abstract
+        (ShapeDtypeStructs with shardings) for AOT compilation."""
         self.cfg, self.mesh = cfg, mesh
         self.kind = cfg.kind
         self.p_max = _p_max(cfg)
@@ -140,12 +142,12 @@ class Trainer:
         self.shardings = sharding.state_shardings(self.abstract, mesh)
         self._init = jax.jit(init, out_shardings=self.shardings)
         self.batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
-        self.frozen_graphdef = self.frozen = None
-        self.frozen_cfg = entropy_model.model_config if entropy_model is not None else None
-        if entropy_model is not None:
-            self.frozen_graphdef = entropy_model.graphdef
-            self.frozen = jax.device_put(entropy_model.params,
-                                         sharding.state_shardings(entropy_model.params, mesh))
+        self.frozen_graphdef = self.frozen = self.frozen_cfg = None
+        if frozen is not None:
+            self.frozen_graphdef, params, self.frozen_cfg = frozen
+            concrete = not isinstance(jax.tree.leaves(params)[0], jax.ShapeDtypeStruct)
+            self.frozen = jax.device_put(params, sharding.state_shardings(params, mesh)) \
+                if concrete else params
         self.train_step = jax.jit(self._train_step, donate_argnums=0,
                                   out_shardings=(self.shardings, None))
         self.eval_step = jax.jit(self._sums)
@@ -194,11 +196,16 @@ class Trainer:
                 for k, v in batch.items()}
 
     def evaluate(self, params: Any, batches: Any, batch_size: int) -> dict[str, float]:
+        """Scores the whole (global) evaluation stream; each process feeds its rows."""
         total: dict[str, float] = {}
+        process = (jax.process_index(), jax.process_count())
+        dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        batch_size = -(-batch_size // dp) * dp  # zero rows (mask False) fill the batch shards
+        params = jax.device_put(params, sharding.state_shardings(params, self.mesh))
         with jax.set_mesh(self.mesh):
             for batch in batches:
-                s = jax.device_get(self.eval_step(params, self.put_batch(
-                    data.pad_batch(batch, batch_size)), self.frozen))
+                local = data.local_rows(data.pad_batch(batch, batch_size), process)
+                s = jax.device_get(self.eval_step(params, self.put_batch(local), self.frozen))
                 for k, v in s.items():
                     total[k] = total.get(k, 0.0) + float(v)
         if not total:
@@ -216,6 +223,10 @@ class Trainer:
                                           self.frozen_cfg)
             return 3 * n_targets * fl["blt"], n_targets * fl.get("entropy_model", 0.0)
         return 3 * n_targets * flops.transformer_flops_per_token(cfg.model, n), 0.0
+
+
+def frozen_of(model: api.Model | None) -> tuple[Any, Any, ml_collections.ConfigDict] | None:
+    return None if model is None else (model.graphdef, model.params, model.model_config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,21 +251,25 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
     ent_model = None
     tok = None
     extra: dict[str, Any] = {}
+    process = (jax.process_index(), jax.process_count())
     if cfg.kind == "blt":
-        ent_dir = _copy_entropy_model(cfg, workdir)
+        if lead:
+            _copy_entropy_model(cfg, workdir)
+        distributed.barrier("entropy_model")
+        ent_dir = workdir / ENTROPY_DIR
         cfg.entropy.workdir = ENTROPY_DIR
         ent_model = api.load(ent_dir)
         if cfg.model.patching.mode in patching.ENTROPY_MODES and \
                 cfg.entropy.target_bytes_per_patch > 0 and not checkpoint.steps(workdir):
-            cal = calibrate_threshold(cfg, ent_model)
+            cal = calibrate_threshold(cfg, ent_model)  # identical on every process
             cfg.model.patching.threshold = cal["threshold"]
-            (workdir / "threshold.json").write_text(json.dumps(cal, indent=2))
+            if lead:
+                (workdir / "threshold.json").write_text(json.dumps(cal, indent=2))
     elif cfg.kind == "bpe":
-        if (workdir / bpe.FILE).exists():
-            tok = bpe.load(workdir)
-        else:
-            tok = bpe.train(docs, cfg.model.vocab_size)
-            tok.save(workdir)
+        if lead and not (workdir / bpe.FILE).exists():
+            bpe.train(docs, cfg.model.vocab_size).save(workdir)
+        distributed.barrier("bpe_tokenizer")
+        tok = bpe.load(workdir)
         if tok.vocab_size != cfg.model.vocab_size:
             raise ValueError(f"model.vocab_size: {cfg.model.vocab_size} but the workdir's "
                              f"tokenizer has {tok.vocab_size} ids")
@@ -262,13 +277,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
     if lead:
         (workdir / "config.json").write_text(cfg.to_json(indent=2))
 
-    mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
-    trainer = Trainer(cfg, mesh, ent_model)
-    shard = (jax.process_index(), jax.process_count())
-    per_process = cfg.data.batch_size // jax.process_count()
-    train_it = data.batches(docs, seq_len=cfg.data.seq_len, batch_size=per_process,
-                            seed=cfg.seed, train=True, bpe_tokenizer=tok, shard=shard,
-                            num_workers=cfg.data.num_workers)
+    mesh = sharding.make_mesh(tuple(cfg.mesh.shape), dcn_shape=tuple(cfg.mesh.dcn_shape))
+    trainer = Trainer(cfg, mesh, frozen_of(ent_model))
+    train_it = data.train_batches(docs, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
+                                  seed=cfg.seed, loader_shards=cfg.data.loader_shards,
+                                  process=process, bpe_tokenizer=tok,
+                                  num_workers=cfg.data.num_workers)
     ck = cfg.checkpoint
     mngr = checkpoint.manager(workdir, save_every=ck.every, keep_latest=ck.keep_latest,
                               keep_every=ck.keep_every or None, keep_best=ck.keep_best,
@@ -335,7 +349,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
                     pending = None
                     eval_it = data.batches(eval_docs, seq_len=cfg.data.seq_len,
                                            batch_size=cfg.data.eval_batch_size, seed=0,
-                                           train=False, bpe_tokenizer=tok, shard=shard)
+                                           train=False, bpe_tokenizer=tok)
                     eval_metrics = trainer.evaluate(
                         state["params"], data.take(eval_it, cfg.train.eval_batches or None),
                         cfg.data.eval_batch_size)

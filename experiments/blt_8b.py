@@ -1,7 +1,7 @@
 """BLT 8B (paper Table 10 shape).
 
-    blt-jax train --config experiments/blt_8b.py --workdir gs://BUCKET/runs/blt_8b \\
-        --config.entropy.workdir=gs://BUCKET/runs/entropy_100m
+    blt-jax train --config experiments/blt_8b.py --workdir /gcs/BUCKET/runs/blt_8b \\
+        --config.entropy.workdir=/gcs/BUCKET/runs/entropy_100m
 
 Paper optimizer settings (§4.8): AdamW β 0.9/0.95, ε 1e-8, weight decay 0.1, lr 4e-4, 2000
 warm-up steps, cosine decay to 0, clipping 1.0. Batches of 16M bytes (1024 rows of
@@ -21,5 +21,5 @@ def get_config():
     c.train.update(steps=100_000, eval_every=2000, eval_batches=50, log_every=50)
     c.checkpoint.update(every=1000, keep_latest=3, keep_every=10_000, keep_best=1)
     c.entropy.target_bytes_per_patch = 4.5  # threshold calibrated on training rows
-    c.entropy.workdir = ""  # required: --config.entropy.workdir=gs://.../entropy_100m
+    c.entropy.workdir = ""  # required: --config.entropy.workdir=/gcs/BUCKET/runs/entropy_100m
     return c

@@ -1,6 +1,6 @@
 """Token baseline at the 1B BLT's latent size (Llama-3-style, 128K vocabulary).
 
-    blt-jax train --config experiments/bpe_1b.py --workdir gs://BUCKET/runs/bpe_1b
+    blt-jax train --config experiments/bpe_1b.py --workdir /gcs/BUCKET/runs/bpe_1b
 
 Paper optimizer settings (§4.8): AdamW β 0.9/0.95, ε 1e-8, weight decay 0.1, lr 4e-4, 2000
 warm-up steps, cosine decay to 0, clipping 1.0. Batches of 16M bytes (1024 rows of

@@ -1,7 +1,7 @@
 """The reference entropy model: 768 wide, 14 layers, 12 heads, window 512, RoPE θ 10000.
 Trained once, then frozen for every BLT (spec §2.4: 8192-byte rows).
 
-    blt-jax train --config experiments/entropy_100m.py --workdir gs://BUCKET/runs/entropy_100m
+    blt-jax train --config experiments/entropy_100m.py --workdir /gcs/BUCKET/runs/entropy_100m
 
 Paper optimizer settings (§4.8): AdamW β 0.9/0.95, ε 1e-8, weight decay 0.1, lr 4e-4, 2000
 warm-up steps, cosine decay to 0, clipping 1.0. Batches of 16M bytes (64 rows of
