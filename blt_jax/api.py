@@ -47,8 +47,11 @@ class Model:
         graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(self.model_config)))
         if mesh is not None:  # restore straight into this mesh's shards
             shardings = sharding.state_shardings(abstract, mesh)
-            abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                    abstract, shardings)
+        else:  # a whole copy on this process's first device (meaningful with many processes)
+            local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            shardings = jax.tree.map(lambda _: local, abstract)
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                abstract, shardings)
         params, self.step = checkpoint.restore_params(workdir, abstract, step)
         self.graphdef, self.params = graphdef, params
         self.module = nnx.merge(graphdef, params)

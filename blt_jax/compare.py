@@ -79,6 +79,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, log=print) 
         results[name] = {"summary": summary, "curve": curve}
     docs = data.documents(config.tiny_experiment("bpe").data, "validation")
     noisy_docs = docs[: cfg.noise_docs]
+    if cfg.eval_docs:
+        docs = docs[: cfg.eval_docs]
     models = {name: api.load(root / name) for name in runs}
     for name, model in models.items():
         val = evaluate.score(model, docs)

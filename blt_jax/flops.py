@@ -80,12 +80,13 @@ def token_flops_per_byte(cfg: ml_collections.ConfigDict, bytes_per_token: float,
 
 def param_counts(model_fn: Any) -> dict[str, int]:
     """Counts of a model built by `model_fn()` without materialising it (nnx.eval_shape)."""
-    state = nnx.state(nnx.eval_shape(model_fn))
+    model = nnx.eval_shape(model_fn)
+    state = nnx.state(model)
     counts = {"hash_embedding": 0, "other_embedding": 0, "non_embedding": 0}
     for path, v in nnx.to_flat_state(state):
         n = int(v.get_value().size)
-        if "hash_embeddings" in path:
-            counts["hash_embedding"] += n
+        if "hash_embeddings" in path:  # the shard-friendly padding rows are not parameters
+            counts["hash_embedding"] += model.local_encoder.hash_rows * v.get_value().shape[1]
         elif "tok_embeddings" in path:
             counts["other_embedding"] += n
         else:

@@ -15,6 +15,9 @@ from blt_jax.tokenizer import VOCAB_SIZE
 from blt_jax.transformer import capturing, compute_dtype, local_attend, make_blocks, run_block
 
 
+HASH_ROW_MULTIPLE = 4096
+
+
 def hash_bucket_ids(cfg: ml_collections.ConfigDict, ids_BxN: jax.Array) -> jax.Array:
     """(B, N, T) rows of the fused hash table, tables ordered function-major as the reference."""
     vocab = cfg.encoder_hash_byte_group_vocab
@@ -35,9 +38,13 @@ class LocalEncoder(nnx.Module):
         self.tok_embeddings = Embedding(VOCAB_SIZE, d, d ** -0.5, ("vocab", None), rngs=rngs,
                                         dtype=dtype)
         # All hash tables fused into one (T * vocab_hash, d) table: one gather, one shard axis.
-        self.hash_embeddings = Embedding(self.n_tables * cfg.encoder_hash_byte_group_vocab, d,
-                                         d ** -0.5, ("hash_vocab", "hash_embed"), rngs=rngs,
-                                         dtype=dtype) if self.n_tables else None
+        # Rows are padded to a multiple of HASH_ROW_MULTIPLE so any power-of-two FSDP degree up
+        # to it divides them (6 x 500002 would otherwise force a replicated 3B-row table);
+        # ids never reach the padding rows.
+        self.hash_rows = self.n_tables * cfg.encoder_hash_byte_group_vocab
+        padded = -(-self.hash_rows // HASH_ROW_MULTIPLE) * HASH_ROW_MULTIPLE
+        self.hash_embeddings = Embedding(padded, d, d ** -0.5, ("hash_vocab", "hash_embed"),
+                                         rngs=rngs, dtype=dtype) if self.n_tables else None
         n = cfg.n_layers_local_encoder
         self.layers = make_blocks(cfg, d, n, cfg.n_heads_local_encoder, cfg.n_kv_heads, rngs)
         n_cross = n if cfg.cross_attn_all_layers_encoder else 1

@@ -333,8 +333,10 @@ def blt_params_from_state_dict(sd: Mapping[str, np.ndarray], cfg: ml_collections
         missing = [k for k in hash_keys if k not in sd]
         if missing:
             raise ValueError(f"weights: missing hash tables {missing[:2]}")
-        special[("local_encoder", "hash_embeddings", "embedding")] = np.concatenate(
-            [sd[k] for k in hash_keys], axis=0)
+        fused = np.concatenate([sd[k] for k in hash_keys], axis=0)
+        rows = _padded_rows(abstract, fused.shape[0])
+        special[("local_encoder", "hash_embeddings", "embedding")] = np.pad(
+            fused, ((0, rows - fused.shape[0]), (0, 0)))  # never-indexed shard padding
     if naming == "hf":
         special[("local_decoder", "output", "kernel")] = sd["lm_head.weight"].T
     state, used = _fill(abstract, sd, naming, prefix, special)
@@ -345,6 +347,13 @@ def blt_params_from_state_dict(sd: Mapping[str, np.ndarray], cfg: ml_collections
         raise ValueError(f"weights: {len(unused)} source tensors have no place in the config, "
                          f"e.g. {unused[:3]} (wrong params.json?)")
     return state
+
+
+def _padded_rows(abstract: Any, real_rows: int) -> int:
+    rows = abstract["local_encoder"]["hash_embeddings"]["embedding"].get_value().shape[0]
+    if rows < real_rows:
+        raise ValueError(f"weights: {real_rows} hash rows do not fit the config's {rows}")
+    return rows
 
 
 def transformer_params_from_state_dict(sd: Mapping[str, np.ndarray],

@@ -72,7 +72,11 @@ def _p_max(cfg: ml_collections.ConfigDict) -> int:
 
 
 def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
-    """Freezes the entropy model into WORKDIR/entropy_model (params only) on first start."""
+    """Freezes the entropy model into WORKDIR/entropy_model (params only) on first start.
+
+    Every process takes part (Orbax reads and writes are collective); the directory appears
+    complete or not at all (written under a temporary name, renamed by process 0).
+    """
     dest = workdir / ENTROPY_DIR
     if (dest / "config.json").exists():
         return dest
@@ -85,12 +89,18 @@ def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -
     if model.kind != "entropy":
         raise ValueError(f"entropy: {src} holds a {model.kind} model, not an entropy model")
     tmp = workdir / (ENTROPY_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy(src / "config.json", tmp / "config.json")
-    checkpoint.save_params_only(tmp, model.params, meta={"source": str(src.absolute()),
-                                                         "source_step": model.step})
-    tmp.rename(dest)  # appears complete or not at all
+    lead = jax.process_index() == 0
+    if lead:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copy(src / "config.json", tmp / "config.json")
+    distributed.barrier("entropy_copy_start")
+    checkpoint.save_params_only(tmp, jax.tree.map(np.asarray, model.params),
+                                meta={"source": str(src.absolute()), "source_step": model.step})
+    distributed.barrier("entropy_copy_saved")
+    if lead:
+        tmp.rename(dest)
+    distributed.barrier("entropy_copy_done")
     return dest
 
 
@@ -146,7 +156,9 @@ class Trainer:
         if frozen is not None:
             self.frozen_graphdef, params, self.frozen_cfg = frozen
             concrete = not isinstance(jax.tree.leaves(params)[0], jax.ShapeDtypeStruct)
-            self.frozen = jax.device_put(params, sharding.state_shardings(params, mesh)) \
+            # host copies first: device_put then works for meshes spanning processes
+            self.frozen = jax.device_put(jax.tree.map(np.asarray, params),
+                                         sharding.state_shardings(params, mesh)) \
                 if concrete else params
         self.train_step = jax.jit(self._train_step, donate_argnums=0,
                                   out_shardings=(self.shardings, None))
@@ -253,10 +265,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
     extra: dict[str, Any] = {}
     process = (jax.process_index(), jax.process_count())
     if cfg.kind == "blt":
-        if lead:
-            _copy_entropy_model(cfg, workdir)
-        distributed.barrier("entropy_model")
-        ent_dir = workdir / ENTROPY_DIR
+        ent_dir = _copy_entropy_model(cfg, workdir)
         cfg.entropy.workdir = ENTROPY_DIR
         ent_model = api.load(ent_dir)
         if cfg.model.patching.mode in patching.ENTROPY_MODES and \

@@ -17,10 +17,11 @@ def get_config(arg=None):
         target_bytes_per_patch=4.0,  # entropy patching, calibrated on training rows
         static_patch_size=4,
         curve_points=4, curve_eval_batches=8,
+        eval_docs=0,  # validation documents in the final table (0: all)
         noise_docs=6, noise_rate=0.1, seed=0, progress=True))
     if arg == "ci":
-        c.update(train_flops=1.0e11, entropy_steps=20, curve_points=2, curve_eval_batches=1,
-                 noise_docs=1, progress=False)
+        c.update(train_flops=5.0e10, entropy_steps=20, curve_points=2, curve_eval_batches=1,
+                 eval_docs=3, noise_docs=1, progress=False)
     elif arg not in (None, ""):
         raise ValueError(f"compare_tiny: unknown variant {arg!r} (use ':ci' or nothing)")
     return c

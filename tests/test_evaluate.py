@@ -138,3 +138,18 @@ def test_eval_cli_json_and_entropy_figure(models, tmp_path, capsys):
 def pathlib_exists(p):
     import pathlib
     return pathlib.Path(p).stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_compare_tiny_reduced(tmp_path):
+    from blt_jax import compare
+    cfg = config.load_experiment("experiments/compare_tiny.py:ci")
+    out = compare.run(cfg, tmp_path / "cmp", log=lambda *_: None)
+    res = out["results"]
+    assert set(res) == {"blt_entropy", "blt_space", "blt_static", "bpe"}
+    flops = [r["summary"]["train_flops"] for r in res.values()]
+    assert max(flops) / min(flops) < 1.35  # equal training FLOPs (to a step's granularity)
+    assert len({r["val"]["bytes"] for r in res.values()}) == 1  # the same bytes for every model
+    assert all(len(r["curve"]) >= 2 for r in res.values())
+    assert (tmp_path / "cmp" / "bpb_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| bpe |" in (tmp_path / "cmp" / "compare.md").read_text()

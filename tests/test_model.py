@@ -287,6 +287,8 @@ def test_param_counts_of_the_1b_shape_match_spec():
     assert abs(counts["total"] - 4.5e9) / 4.5e9 < 0.01
     state = nnx.state(nnx.eval_shape(lambda: blt.BLT(cfg, rngs=nnx.Rngs(0))))
     size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+    table = state["local_encoder"]["hash_embeddings"]["embedding"].get_value()
+    assert table.shape[0] % 4096 == 0 and table.shape[0] - 6 * 500002 < 4096  # shard padding
     assert abs(size(state["global_transformer"]) - 25 * 51.4e6) / 1.285e9 < 0.01
     assert abs(size(state["local_decoder"]) - 158e6) / 158e6 < 0.01
 

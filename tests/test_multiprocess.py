@@ -75,8 +75,7 @@ def test_two_processes_equal_one_process(tmp_path, entropy_workdir):
     np.testing.assert_allclose(got, want, rtol=1e-5)
     # every process wrote its data-iterator state; parameters equal the single-process run
     data_dir = multi / "checkpoints" / "4" / "data"
-    assert sorted(p.name for p in data_dir.iterdir()) == ["process_0-of-2.json",
-                                                          "process_1-of-2.json"]
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= {p.name for p in data_dir.iterdir()}
     a, b = blt_jax.load(single), blt_jax.load(multi)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
