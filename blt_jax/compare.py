@@ -103,12 +103,20 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, log=print) 
 
 
 def _curve(workdir: pathlib.Path) -> list[dict[str, float]]:
+    """(training FLOPs, eval BPB) at every evaluation; older runs whose eval rows lack the FLOPs
+    get them interpolated between the logged training rows."""
     rows = metrics.read(workdir)
-    flops_at = {r["step"]: r["train_flops"] for r in rows if "train_flops" in r}
+    logged = sorted((r["step"], r["train_flops"]) for r in rows
+                    if "train_flops" in r and "eval_bpb" not in r)
     out = []
     for r in rows:
-        if "eval_bpb" in r and r["step"] in flops_at:
-            out.append({"train_flops": flops_at[r["step"]], "eval_bpb": r["eval_bpb"]})
+        if "eval_bpb" not in r:
+            continue
+        fl = r.get("train_flops")
+        if fl is None and logged:
+            fl = float(np.interp(r["step"], [s for s, _ in logged], [f for _, f in logged]))
+        if fl is not None:
+            out.append({"train_flops": fl, "eval_bpb": r["eval_bpb"]})
     return out
 
 

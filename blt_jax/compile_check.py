@@ -45,7 +45,9 @@ def topology_name(spec: str) -> str:
     while math.prod(shape) < chips:  # grow the smallest dimension first: 2x2x2, 2x2x4, ...
         shape[i % dims] *= 2
         i += 1
-    return f"{gen}:{'x'.join(map(str, sorted(shape)))}"
+    # Cloud TPU spelling: growing dimensions ascending, trailing 1s (v4:2x2x1, v5p:2x2x4)
+    dims_out = sorted(d for d in shape if d > 1) + [d for d in shape if d == 1]
+    return f"{gen}:{'x'.join(map(str, dims_out))}"
 
 
 def _devices(name: str) -> list[Any]:
@@ -53,7 +55,10 @@ def _devices(name: str) -> list[Any]:
         from jax.experimental import topologies
 
         return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
-    except Exception as e:  # libtpu missing or an unknown name
+    except Exception as e:  # libtpu missing, busy, or an unknown name
+        if "lockfile" in str(e):
+            raise ValueError("topology: libtpu is in use by another process on this machine "
+                             "(one compile-check at a time); wait for it to finish") from None
         raise ValueError(f"topology: cannot describe {name!r} ({str(e).splitlines()[0][:200]}); "
                          "install the TPU extra: pip install 'blt-jax[tpu]'") from None
 
@@ -81,12 +86,16 @@ def _entropy_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 
 def check(cfg: ml_collections.ConfigDict, topology: str,
-          entropy_cfg: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
-    """Compiles cfg's train step for `topology`; returns the per-device memory report."""
+          entropy_cfg: ml_collections.ConfigDict | None = None, *,
+          devices: list[Any] | None = None, hbm_gib: float | None = None) -> dict[str, Any]:
+    """Compiles cfg's train step for `topology`; returns the per-device memory report.
+
+    `devices`/`hbm_gib` replace the libtpu topology (tests compile for fake CPU devices).
+    """
     from blt_jax.train import Trainer
 
-    name = topology_name(topology)
-    devices = _devices(name)
+    name = topology_name(topology) if devices is None else topology
+    devices = devices if devices is not None else _devices(name)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape), devices=devices,
                               dcn_shape=tuple(cfg.mesh.dcn_shape))
     frozen = None
@@ -104,7 +113,7 @@ def check(cfg: ml_collections.ConfigDict, topology: str,
     if cfg.kind == "bpe":
         batch["nbytes"] = jax.ShapeDtypeStruct((b, n), jnp.int32, sharding=bs)
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(trainer.abstract["params"]))
-    hbm = hbm_per_device(devices[0])
+    hbm = hbm_gib * GIB if hbm_gib is not None else hbm_per_device(devices[0])
     head = {"topology": name, "devices": len(devices), "device_kind": devices[0].device_kind,
             "mesh": dict(mesh.shape), "batch": [b, n], "params": params, "hbm_gib": hbm / GIB}
     with jax.set_mesh(mesh):

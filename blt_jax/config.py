@@ -172,6 +172,23 @@ def experiment_config(kind: str, model: ml_collections.ConfigDict) -> ml_collect
     return c
 
 
+def paper_experiment(kind: str, preset: str, *, seq_len: int, batch_size: int,
+                     p_max: int = 0) -> ml_collections.ConfigDict:
+    """The paper-scale recipe shared by experiments/{entropy_100m,blt_*,bpe_*}.py (paper §4.8).
+
+    AdamW β 0.9/0.95, ε 1e-8, weight decay 0.1, lr 4e-4, 2000 warm-up steps, cosine to 0,
+    clipping 1.0; bf16 compute with fp32 parameters, rematerialised layers; C4 from TFDS.
+    """
+    c = experiment_config(kind, model_preset(preset))
+    c.model.update(dtype="bfloat16", remat=True)
+    c.data.update(source="tfds", tfds_name="c4/en:3.1.0", tfds_eval_split="validation")
+    c.data.update(seq_len=seq_len, batch_size=batch_size, p_max=p_max, eval_batch_size=64)
+    c.optim.update(lr=4e-4, warmup_steps=2000, schedule="cosine", min_lr_ratio=0.0, clip=1.0)
+    c.train.update(steps=100_000, eval_every=2000, eval_batches=50, log_every=50)
+    c.checkpoint.update(every=1000, keep_latest=3, keep_every=10_000, keep_best=1)
+    return c
+
+
 def tiny_experiment(kind: str) -> ml_collections.ConfigDict:
     """CPU-sized runs on the embedded corpus (experiments/*_tiny.py and `blt-jax quickstart`).
 

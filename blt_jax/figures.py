@@ -65,7 +65,11 @@ def bpb_vs_flops(curves: dict[str, Sequence[tuple[float, float]]], path: str) ->
     for name, pts in curves.items():
         pts = sorted(pts)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-    ax.set_xscale("log")
+    xs = [p[0] for pts in curves.values() for p in pts]
+    if xs and max(xs) > 30 * min(xs):
+        ax.set_xscale("log")
+    else:  # a narrow range reads better on a linear axis with one exponent
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     ax.set_xlabel("training FLOPs")
     ax.set_ylabel("validation bits per byte")
     ax.grid(alpha=0.3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from blt_jax import patching, tokenizer
+from blt_jax import config, patching, tokenizer
 
 
 _SPECIAL = {tokenizer.BOE_ID: "<PAD>", tokenizer.BOS_ID: "<BOS>", tokenizer.EOS_ID: "<EOS>",
@@ -41,7 +41,9 @@ def run(*, text: bytes, mode: str | None, threshold: float | None, max_patch_len
 
         model = api.load(workdir)
         entropies = np.asarray(model.entropies(ids[None]))[0]
-        rule = dict(model.patching_rule)
+        # an entropy model alone patches by the global rule (reference default threshold)
+        rule = dict(model.patching_rule) if model.kind == "blt" else \
+            config.patching_rule(config.patching_config())
     mode = mode or rule.get("mode") or "space"
     rule.update(mode=mode, patch_size=patch_size)
     if threshold is not None:

@@ -264,7 +264,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
     tok = None
     extra: dict[str, Any] = {}
     process = (jax.process_index(), jax.process_count())
-    if cfg.kind == "blt":
+    # space/static/byte patching needs no entropy model unless one is given (e.g. for eval)
+    if cfg.kind == "blt" and (cfg.model.patching.mode in patching.ENTROPY_MODES
+                              or cfg.entropy.workdir):
         ent_dir = _copy_entropy_model(cfg, workdir)
         cfg.entropy.workdir = ENTROPY_DIR
         ent_model = api.load(ent_dir)
@@ -363,7 +365,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
                         state["params"], data.take(eval_it, cfg.train.eval_batches or None),
                         cfg.data.eval_batch_size)
                     last_eval = eval_metrics
-                    writer.write(step, eval_metrics)
+                    writer.write(step, eval_metrics | {"train_flops": train_flops})
                 if mngr.should_save(step) or step == cfg.train.steps or stop["flag"]:
                     checkpoint.save(mngr, step, params=state["params"], opt_state=state["opt"],
                                     data_iter=train_it,

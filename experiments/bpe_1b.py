@@ -2,9 +2,8 @@
 
     blt-jax train --config experiments/bpe_1b.py --workdir /gcs/BUCKET/runs/bpe_1b
 
-Paper optimizer settings (§4.8): AdamW β 0.9/0.95, ε 1e-8, weight decay 0.1, lr 4e-4, 2000
-warm-up steps, cosine decay to 0, clipping 1.0. Batches of 16M bytes (1024 rows of
-4096 tokens); bf16 compute with fp32 parameters; layers rematerialised.
+Paper recipe (config.paper_experiment: §4.8 optimizer, bf16, remat).
+Batches of 16M bytes (1024 rows of 4096 tokens).
 Data: a TFDS dataset prepared on the TPU VM (README, "Data on a TPU VM").
 """
 
@@ -12,11 +11,5 @@ from blt_jax import config
 
 
 def get_config():
-    c = config.experiment_config("bpe", config.model_preset("bpe_1b"))
-    c.model.update(dtype="bfloat16", remat=True)
-    c.data.update(source="tfds", tfds_name="c4/en:3.1.0", tfds_eval_split="validation")
-    c.data.update(seq_len=4096, batch_size=1024, p_max=0, eval_batch_size=64)
-    c.optim.update(lr=4e-4, warmup_steps=2000, schedule="cosine", min_lr_ratio=0.0, clip=1.0)
-    c.train.update(steps=100_000, eval_every=2000, eval_batches=50, log_every=50)
-    c.checkpoint.update(every=1000, keep_latest=3, keep_every=10_000, keep_best=1)
+    c = config.paper_experiment("bpe", "bpe_1b", seq_len=4096, batch_size=1024)
     return c

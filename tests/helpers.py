@@ -1,7 +1,10 @@
-"""Shared test helpers: workdirs holding untrained (random) models, built in seconds."""
+"""Shared test helpers: workdirs holding untrained (random) models, built in seconds; the CLI
+as a subprocess."""
 
 import pathlib
 import shutil
+import subprocess
+import sys
 
 from flax import nnx
 
@@ -20,3 +23,9 @@ def make_workdir(path, kind, model_cfg, entropy_cfg=None, seed=0):
     if entropy_cfg is not None:
         make_workdir(path / "entropy_model", "entropy", entropy_cfg, seed=seed + 1)
     return path
+
+
+def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m blt_jax ARGS` in a fresh process (exit codes and stderr as a user sees them)."""
+    return subprocess.run([sys.executable, "-m", "blt_jax", *args], capture_output=True,
+                          text=True, cwd=cwd)

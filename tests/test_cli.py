@@ -1,11 +1,5 @@
-import subprocess
-import sys
-
 from blt_jax import cli
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "blt_jax", *args], capture_output=True, text=True)
+from helpers import run_cli
 
 
 def test_help_lists_commands():

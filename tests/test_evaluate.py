@@ -131,6 +131,11 @@ def test_eval_cli_json_and_entropy_figure(models, tmp_path, capsys):
     assert cli.main(["patch", "--workdir", str(work), "--text", "Hello, world!", "--plot",
                      str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    # an entropy-model workdir alone patches by entropy (global rule), never silently by spaces
+    ent = models["entropy"].workdir
+    assert cli.main(["patch", "--workdir", str(ent), "--text", "Hello, world!"]) == 0
+    assert "mode global" in capsys.readouterr().out
     path = figures.bpb_vs_flops({"a": [(1e9, 3.0), (2e9, 2.5)]}, str(tmp_path / "c.png"))
     assert pathlib_exists(path)
 

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+import helpers
 from blt_jax import checkpoint, cli, config, evaluate, metrics, train
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -125,9 +126,21 @@ def test_blt_two_stage_recipe_and_eval_command(tmp_path, capsys):
     assert out["kind"] == "blt" and out["bpb"] > 0 and out["bytes"] > 0
 
 
+def test_space_patched_blt_needs_no_entropy_model(tmp_path):
+    import blt_jax
+
+    blt = small("blt", steps=2, eval_every=1000)
+    blt.model.patching.mode = "space"
+    summary = train.run(blt, tmp_path / "blt")
+    assert not (tmp_path / "blt" / train.ENTROPY_DIR).exists()
+    assert summary["steps"] == 2 and summary["bytes_per_patch"] > 1
+    model = blt_jax.load(tmp_path / "blt")
+    assert model.entropy_model is None
+    assert len(model.generate("Hello", max_new_bytes=4, temperature=0.0)) <= 4
+
+
 def run_cli(*args, cwd=None):
-    r = subprocess.run([sys.executable, "-m", "blt_jax", *args], capture_output=True, text=True,
-                       cwd=cwd)
+    r = helpers.run_cli(*args, cwd=cwd)
     return r.returncode, r.stderr.strip()
 
 
