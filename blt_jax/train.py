@@ -397,4 +397,5 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
         summary["threshold"] = cfg.model.patching.threshold
     if lead:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    distributed.barrier("run_done")  # processes leave together: jax.distributed's shutdown waits
     return summary

@@ -37,7 +37,7 @@ def train_cmd(kind, workdir, *extra):
             *extra]
 
 
-def two_processes(kind, workdir, *extra, heartbeat=10):
+def two_processes(kind, workdir, *extra, heartbeat=60):
     port = portpicker.pick_unused_port()
     return [subprocess.Popen(train_cmd(kind, workdir, *extra, f"--coordinator=127.0.0.1:{port}",
                                        "--num-processes=2", f"--process-id={i}",
