@@ -63,3 +63,11 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def rendezvous(name: str, timeout_s: int = 1800) -> None:
+    """Waits for every process at the coordination service (no device collective involved)."""
+    if jax.process_count() > 1:
+        from jax._src import distributed as _dist
+
+        _dist.global_state.client.wait_at_barrier(name, timeout_s * 1000)

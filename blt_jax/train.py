@@ -350,6 +350,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
         with jax.set_mesh(mesh):
             for step in range(start + 1, cfg.train.steps + 1):
                 batch = trainer.put_batch(next(train_it))
+                if step == start + 1 and jax.process_count() > 1:
+                    # compile everywhere first, then start together: CPU (gloo) collectives give
+                    # up if peers reach the first one more than 30 s apart
+                    trainer.train_step.lower(state, batch, trainer.frozen).compile()
+                    distributed.rendezvous("first_step")
                 state, dev_metrics = trainer.train_step(state, batch, trainer.frozen)
                 if pending is not None:
                     fetch(pending)
