@@ -23,7 +23,11 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 
 import blt_jax  # noqa: E402
-from blt_jax import bpe, config, corpus, generate  # noqa: E402
+from blt_jax.text import bpe
+from blt_jax.testing import oracles
+from blt_jax import config  # noqa: E402
+from blt_jax.inference import generate  # noqa: E402
+from blt_jax.pipeline import corpus
 from helpers import make_workdir  # noqa: E402
 
 
@@ -63,9 +67,9 @@ def main() -> None:
     latent_per_byte = res.latent_steps[0] / max(n_inc, 1)
 
     naive_opts = generate.Options(max_new=a.naive_bytes)
-    generate.naive_generate(blt, prompt, generate.Options(max_new=2))  # compile
+    oracles.naive_generate(blt, prompt, generate.Options(max_new=2))  # compile
     t0 = time.perf_counter()
-    naive_new, _, _ = generate.naive_generate(blt, prompt, naive_opts)
+    naive_new, _, _ = oracles.naive_generate(blt, prompt, naive_opts)
     t_naive = time.perf_counter() - t0
     same = naive_new == res.new[0][: len(naive_new)]
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blt_jax import patching
+from blt_jax.text import patching
 
 
 def median_seconds(fn, repeats=5):

@@ -2,6 +2,6 @@
 
 import sys
 
-from blt_jax.cli import main
+from blt_jax.tools.cli import main
 
 sys.exit(main())

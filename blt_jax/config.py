@@ -15,8 +15,8 @@ from typing import Any, Callable
 import ml_collections
 from ml_collections import config_dict
 
-from blt_jax import patching
-from blt_jax.tokenizer import VOCAB_SIZE
+from blt_jax.text import patching
+from blt_jax.text.tokenizer import VOCAB_SIZE
 
 def _opt_int() -> Any:  # a fresh typed None each time (a shared reference would link fields)
     return config_dict.placeholder(int)
@@ -33,7 +33,7 @@ def patching_config(mode: str = "global", threshold: float = patching.DEFAULT_TH
 
 
 def patching_rule(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Keyword arguments for blt_jax.patching from a patching config."""
+    """Keyword arguments for blt_jax.text.patching from a patching config."""
     return dict(mode=cfg.mode, threshold=cfg.threshold, threshold_add=cfg.threshold_add,
                 max_patch_length=cfg.max_patch_length, patch_size=cfg.patch_size)
 
@@ -68,6 +68,9 @@ def blt_config(**kw: Any) -> ml_collections.ConfigDict:
         encoder_hash_byte_group_size=(3, 4, 5, 6, 7, 8),
         encoder_hash_byte_group_vocab=500002,
         encoder_hash_byte_group_nb_functions=1,
+        # Fused hash-table rows are padded to a multiple of this so an FSDP mesh axis divides
+        # them (6 x 500002 rows shard over no power of two); 1 = exact tables (single device).
+        hash_row_multiple=1,
         rope_theta=500000.0,
         global_attention="causal",  # or "block_causal" (patch segments closed by EOS)
         patching=patching_config()))
@@ -98,10 +101,13 @@ MODEL_PRESETS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
                                    encoder_hash_byte_group_vocab=1021,
                                    local_attention_window_len=64, multiple_of=32),
     "blt_bench": lambda: _blt_shape((256, 1, 4), (512, 8, 8), (256, 4, 4), 2, 4,
-                                    encoder_hash_byte_group_vocab=50002),
-    "blt_400m": lambda: _blt_shape((768, 1, 12), (1280, 24, 10), (768, 7, 12), 2, 12),
-    "blt_1b": lambda: _blt_shape((1024, 1, 16), (2048, 25, 16), (1024, 9, 16), 2, 16),
-    "blt_8b": lambda: _blt_shape((1280, 1, 20), (4096, 32, 32), (1280, 6, 20), 4, 20),
+                                    encoder_hash_byte_group_vocab=50000),
+    "blt_400m": lambda: _blt_shape((768, 1, 12), (1280, 24, 10), (768, 7, 12), 2, 12,
+                                   hash_row_multiple=4096),
+    "blt_1b": lambda: _blt_shape((1024, 1, 16), (2048, 25, 16), (1024, 9, 16), 2, 16,
+                                 hash_row_multiple=4096),
+    "blt_8b": lambda: _blt_shape((1280, 1, 20), (4096, 32, 32), (1280, 6, 20), 4, 20,
+                                 hash_row_multiple=4096),
     # Entropy models (reference: 768 wide, 14 layers, window 512, RoPE θ 10000).
     "entropy_tiny": lambda: transformer_config(dim=64, n_layers=2, n_heads=2, window=64,
                                                multiple_of=32),
@@ -255,6 +261,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _need(all(1 <= n <= 64 for n in sizes), "encoder_hash_byte_group_size", f"bad sizes {sizes}")
     _need(cfg.encoder_hash_byte_group_nb_functions >= (1 if sizes else 0),
           "encoder_hash_byte_group_nb_functions", "must be >= 1 when hash sizes are given")
+    _need(cfg.hash_row_multiple >= 1, "hash_row_multiple", "must be >= 1 (1 = no padding)")
     _need(cfg.global_attention in ("causal", "block_causal"), "global_attention",
           "must be 'causal' or 'block_causal'")
     patching.check_rule(**patching_rule(cfg.patching))

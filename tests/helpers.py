@@ -8,7 +8,9 @@ import sys
 
 from flax import nnx
 
-from blt_jax import api, checkpoint, config
+from blt_jax.inference import api
+from blt_jax.training import checkpoint
+from blt_jax import config
 
 
 def make_workdir(path, kind, model_cfg, entropy_cfg=None, seed=0):

@@ -46,7 +46,10 @@ from IPython.display import Image, Markdown, display
 flags.FLAGS.mark_as_parsed()  # grain's worker flags (see the JAX stack guide)
 
 import blt_jax
-from blt_jax import data, evaluate, figures, quickstart, robustness, sweep, tokenizer
+from blt_jax.pipeline import data
+from blt_jax.evaluation import evaluate, figures, robustness, sweep
+from blt_jax.tools import quickstart
+from blt_jax.text import tokenizer
 
 root = pathlib.Path(WORKDIR)
 figdir = root / "figures"

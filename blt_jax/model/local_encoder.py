@@ -1,0 +1,111 @@
+"""Local encoder (spec §5.3): byte + hash n-gram embeddings, windowed self-attention blocks, and
+cross-attention in which k queries per patch (max-pool initialised) read that patch's bytes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from blt_jax.model import attention
+from blt_jax.text import hashing
+from blt_jax.model.layers import CrossAttention, Embedding, Linear, depth_factor
+from blt_jax.scale.sharding import constrain
+from blt_jax.text.tokenizer import VOCAB_SIZE
+from blt_jax.model.transformer import capturing, compute_dtype, local_attend, make_blocks, run_block
+
+
+
+def hash_bucket_ids(cfg: ml_collections.ConfigDict, ids_BxN: jax.Array) -> jax.Array:
+    """(B, N, T) rows of the fused hash table, tables ordered function-major as the reference."""
+    vocab = cfg.encoder_hash_byte_group_vocab
+    cols = []
+    for f in range(cfg.encoder_hash_byte_group_nb_functions):
+        for n in cfg.encoder_hash_byte_group_size:
+            t = len(cols)
+            cols.append(hashing.ngram_buckets(ids_BxN, n, vocab, prime_index=f) + t * vocab)
+    return jnp.stack(cols, axis=-1)
+
+
+class LocalEncoder(nnx.Module):
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        d, k, dtype = cfg.dim_local_encoder, cfg.cross_attn_k, compute_dtype(cfg)
+        self.cfg = cfg
+        self.n_tables = cfg.encoder_hash_byte_group_nb_functions * len(
+            cfg.encoder_hash_byte_group_size)
+        self.tok_embeddings = Embedding(VOCAB_SIZE, d, d ** -0.5, ("vocab", None), rngs=rngs,
+                                        dtype=dtype)
+        # All hash tables fused into one (T * vocab_hash, d) table: one gather, one shard axis.
+        # Rows are padded to a multiple of cfg.hash_row_multiple so an FSDP degree divides them
+        # (6 x 500002 would otherwise force a replicated 3B-row table); ids never reach them.
+        self.hash_rows = self.n_tables * cfg.encoder_hash_byte_group_vocab
+        m = cfg.hash_row_multiple
+        padded = -(-self.hash_rows // m) * m
+        self.hash_embeddings = Embedding(padded, d, d ** -0.5, ("hash_vocab", "hash_embed"),
+                                         rngs=rngs, dtype=dtype) if self.n_tables else None
+        n = cfg.n_layers_local_encoder
+        self.layers = make_blocks(cfg, d, n, cfg.n_heads_local_encoder, cfg.n_kv_heads, rngs)
+        n_cross = n if cfg.cross_attn_all_layers_encoder else 1
+        self.cross_attn_layers = nnx.List([
+            CrossAttention(d, cfg.cross_attn_nheads, norm_eps=cfg.norm_eps,
+                           init_factor=depth_factor(cfg.init_std_factor, i, n, d), rngs=rngs,
+                           dtype=dtype) for i in range(n_cross)])
+        self.patch_embedding_projection = Linear(d, k * d, d ** -0.5, ("embed", "mlp"),
+                                                 rngs=rngs, dtype=dtype)
+
+    def embed(self, ids_BxN: jax.Array) -> jax.Array:
+        """e_i = E_byte[x_i] + Σ_t E_t[hash_t(i)] (no 1/(T+1) scaling: follow the code)."""
+        e = self.tok_embeddings(ids_BxN)
+        if self.hash_embeddings is not None:
+            e = e + self.hash_embeddings(hash_bucket_ids(self.cfg, ids_BxN)).sum(axis=2)
+        return constrain(e, ("batch", "length", "act_embed"))
+
+    def init_queries(self, h_BxNxD: jax.Array, patch_ids_BxN: jax.Array, n_patches: int
+                     ) -> jax.Array:
+        """Max-pool each patch's bytes (empty patches -> 0), project to k queries per patch."""
+        b, _, d = h_BxNxD.shape
+        pooled = attention.segment_max_pool(h_BxNxD, patch_ids_BxN, n_patches)
+        return self.patch_embedding_projection(pooled).reshape(b, n_patches * self.cfg.cross_attn_k, d)
+
+    def cross_attend(self, layer: CrossAttention, q_BxPkxD: jax.Array, h_BxNxD: jax.Array,
+                     patch_ids_BxN: jax.Array) -> jax.Array:
+        """Returns q + CA(q, h) where CA itself returns q + attn: the reference's double residual."""
+        b, pk, d = q_BxPkxD.shape
+        k = self.cfg.cross_attn_k
+        if self.cfg.attention_impl == "dense":
+            mask = attention.encoder_cross_mask(patch_ids_BxN, pk // k, k)
+            return q_BxPkxD + layer.dense(q_BxPkxD, h_BxNxD, mask)
+        q = layer.queries(q_BxPkxD)
+        q = q.reshape((b, pk // k, k) + q.shape[2:])
+        keys, values = layer.keys_values(h_BxNxD)
+        o = attention.encoder_cross_attention(q, keys, values, patch_ids_BxN)
+        return q_BxPkxD + layer.finish(q_BxPkxD, o.reshape((b, pk) + o.shape[3:]))
+
+    def __call__(self, ids_BxN: jax.Array, pos_BxN: jax.Array, seg_BxN: jax.Array,
+                 patch_ids_BxN: jax.Array, n_patches: int, sink: dict | None = None
+                 ) -> tuple[jax.Array, jax.Array]:
+        """-> byte states h (B, N, d_E) (no final norm) and patch vectors (B, P, k·d_E).
+
+        `sink` (generation prefill) collects self-attention (k, v) per layer under "self" and,
+        per cross-attention layer, the byte states it reads under "cross_h".
+        """
+        cfg = self.cfg
+        attend = local_attend(cfg, seg_BxN, cfg.local_attention_window_len)
+        if sink is not None:
+            sink.update(self=[], cross_h=[])
+            attend = capturing(attend, sink["self"])
+        h = self.embed(ids_BxN)
+        queries = None
+        last = len(self.layers) - 1
+        for i, block in enumerate(self.layers):
+            h = run_block(block, cfg.remat, h, pos_BxN, attend)
+            if i == last or cfg.cross_attn_all_layers_encoder:
+                if queries is None:  # pooled from this layer's output (issue #88: follow the code)
+                    queries = self.init_queries(h, patch_ids_BxN, n_patches)
+                layer = self.cross_attn_layers[i if cfg.cross_attn_all_layers_encoder else 0]
+                queries = self.cross_attend(layer, queries, h, patch_ids_BxN)
+                if sink is not None:
+                    sink["cross_h"].append(h)
+        b = ids_BxN.shape[0]
+        return h, queries.reshape(b, n_patches, -1)

@@ -1,0 +1,1 @@
+"""Test oracles: independent slow implementations the fast paths are checked against."""

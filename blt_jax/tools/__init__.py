@@ -1,0 +1,3 @@
+"""The command line and one-shot jobs: `blt-jax` subcommands, the quickstart main job,
+reference-weight import and the patch viewer.
+"""

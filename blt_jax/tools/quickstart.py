@@ -1,0 +1,101 @@
+"""`blt-jax quickstart`: the end-to-end main job on the embedded corpus, sized for 2 CPU cores.
+
+1. train the tiny entropy model; 2. train the tiny BLT patching with it (threshold calibrated to
+4 bytes/patch); 3. train the byte-level BPE baseline whose transformer is BLT's latent shape,
+for the same training FLOPs as the BLT (paper formulas); 4. score both on the whole validation
+split with the same byte count; 5. print the table and where checkpoints and logs are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import blt_jax
+from blt_jax.text import bpe
+from blt_jax import config
+from blt_jax.pipeline import data
+from blt_jax.evaluation import evaluate
+from blt_jax.model import flops
+from blt_jax.training import train
+
+PROMPT = "The return value of "
+
+
+def _steps_for_flops(cfg: Any, tok: bpe.BpeTokenizer, target_flops: float) -> int:
+    per_step = 3 * cfg.data.batch_size * cfg.data.seq_len * flops.transformer_flops_per_token(
+        cfg.model, cfg.data.seq_len)
+    return max(1, round(target_flops / per_step))
+
+
+def run(workdir: str = "runs/quickstart", steps: int = 0, log=print) -> dict[str, Any]:
+    root = pathlib.Path(workdir)
+    t0 = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+
+    ent = config.tiny_experiment("entropy")
+    blt = config.tiny_experiment("blt")
+    base = config.tiny_experiment("bpe")
+    if steps:
+        for c in (ent, blt):
+            c.train.update(steps=steps, eval_every=steps)
+            c.checkpoint.every = steps
+    log(f"[1/4] entropy model -> {root / 'entropy'}")
+    results["entropy"] = train.run(ent, root / "entropy")
+    log(f"[2/4] BLT (patching with the entropy model) -> {root / 'blt'}")
+    blt.entropy.workdir = str(root / "entropy")
+    results["blt"] = train.run(blt, root / "blt")
+
+    # Same training FLOPs as the BLT (model FLOPs; the frozen patcher's forward is extra).
+    (root / "bpe").mkdir(parents=True, exist_ok=True)
+    docs = data.documents(base.data, "train")
+    tok = bpe.load(root / "bpe") if (root / "bpe" / bpe.FILE).exists() else \
+        bpe.train(docs, base.model.vocab_size)
+    tok.save(root / "bpe")
+    base.train.steps = _steps_for_flops(base, tok, results["blt"]["train_flops"])
+    base.train.eval_every = base.train.steps
+    base.checkpoint.every = base.train.steps
+    log(f"[3/4] BPE baseline, {base.train.steps} steps for the BLT's training FLOPs -> "
+        f"{root / 'bpe'}")
+    results["bpe"] = train.run(base, root / "bpe")
+
+    log("[4/4] bits-per-byte on the whole validation split (same bytes for every model)")
+    for kind in ("entropy", "blt", "bpe"):
+        results[kind]["val"] = evaluate.evaluate_workdir(root / kind)
+    table = format_table(results)
+    samples = {}
+    for kind in ("blt", "bpe"):
+        model = blt_jax.load(root / kind)
+        t = time.perf_counter()
+        new = model.generate(PROMPT, max_new_bytes=96)
+        samples[kind] = {"text": new.decode("utf-8", errors="replace"),
+                         "seconds": time.perf_counter() - t}
+        if kind == "blt":
+            samples[kind]["latent_steps"] = model.last_generation.latent_steps[0]
+    summary = {"workdir": str(root), "wall_seconds": time.perf_counter() - t0,
+               "table": table, "results": results, "samples": samples}
+    (root / "quickstart.json").write_text(json.dumps(summary, indent=2, default=str))
+    log(table)
+    for kind, sample in samples.items():
+        extra = f", {sample['latent_steps']} latent steps" if "latent_steps" in sample else ""
+        log(f"{kind} continues {PROMPT!r} -> {sample['text']!r} ({sample['seconds']:.1f} s "
+            f"incl. compile{extra})")
+    log(f"checkpoints: {root}/{{entropy,blt,bpe}}/checkpoints   "
+        f"TensorBoard: tensorboard --logdir {root}   "
+        f"wall time: {summary['wall_seconds']:.0f} s")
+    return summary
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    rows = [("model", "val BPB", "bytes/patch|token", "train FLOPs", "train bytes/s", "MFU")]
+    names = {"entropy": "entropy model (byte LM)", "blt": "BLT", "bpe": "BPE baseline"}
+    for kind, r in results.items():
+        unit = r.get("val", {}).get("bytes_per_patch") or r.get("bytes_per_token") or 1.0
+        rows.append((names[kind], f"{r['val']['bpb']:.3f}", f"{unit:.2f}",
+                     f"{r['train_flops']:.3g}", f"{r.get('bytes_per_s', math.nan):.3g}",
+                     f"{100 * r.get('mfu', math.nan):.1f}%"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)

@@ -1,0 +1,420 @@
+"""`blt-jax import-reference`: released BLT weights -> a blt-jax workdir that `load()` opens.
+
+Sources: (a) a facebookresearch/blt release folder (`params.json` TrainArgs + `consolidated.pth`
+with ``{"model": state_dict}``, read without torch) or (b) a Hugging Face
+folder (`config.json` + `*.safetensors`, entropy model bundled under ``model.patcher.``, read with
+a small built-in safetensors reader). Every hyper-parameter comes from the source's config.
+Conventions made exact here: Linear weights [out, in] -> kernels (in, out); hash tables fused
+function-major; RoPE has no weights (interleaved pairs in both); cross-attention k-row splits are
+plain reshapes of the same matrices.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import struct
+from typing import Any, Mapping
+
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from blt_jax.training import checkpoint
+from blt_jax import config
+from blt_jax.text.tokenizer import VOCAB_SIZE
+
+_HF = {"attention": "self_attn", "feed_forward": "mlp", "attention_norm": "input_layernorm",
+       "ffn_norm": "post_attention_layernorm", "tok_embeddings": "embed_tokens",
+       "cross_attn_norm_q": "q_norm", "cross_attn_norm_kv": "k_norm", "w1": "gate_proj",
+       "w2": "down_proj", "w3": "up_proj", "wq": "q_proj", "wk": "k_proj", "wv": "v_proj",
+       "wo": "o_proj", "output": "lm_head"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading weights
+
+def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """float32 arrays from a .safetensors file (F32, F16, BF16)."""
+    raw = pathlib.Path(path).read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8: 8 + header_len])
+    base = 8 + header_len
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        buf = raw[base + a: base + b]
+        dtype = info["dtype"]
+        if dtype == "BF16":
+            arr = (np.frombuffer(buf, np.uint16).astype(np.uint32) << 16).view(np.float32)
+        elif dtype in ("F16", "F32", "F64"):
+            arr = np.frombuffer(buf, {"F16": np.float16, "F32": np.float32, "F64": np.float64}[dtype])
+        else:
+            raise ValueError(f"safetensors: {path}: tensor {name} has unsupported dtype {dtype}")
+        out[name] = arr.astype(np.float32).reshape(info["shape"])
+    return out
+
+
+_STORAGE_DTYPES = {"FloatStorage": np.float32, "HalfStorage": np.float16,
+                   "BFloat16Storage": "bf16", "DoubleStorage": np.float64,
+                   "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+                   "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
+
+
+def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple[int, ...],
+                    stride: tuple[int, ...], *_: Any) -> np.ndarray:
+    if not size:
+        return storage[offset].copy()
+    item = storage.itemsize
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+                                           strides=tuple(s * item for s in stride))
+    return np.array(view)
+
+
+def read_pth(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """A torch.save zip file of tensors -> float32 numpy arrays, without importing torch.
+
+    Reads the format's data.pkl with a restricted unpickler (only tensor rebuilds, storages and
+    OrderedDict are allowed) and the raw little-endian storages beside it.
+    """
+    import pickle
+    import zipfile
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ValueError(f"weights: {path} is not a torch zip checkpoint (legacy .pth files "
+                         "are not supported; re-save with torch >= 1.6)") from None
+    pkl = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+    if pkl is None:
+        raise ValueError(f"weights: {path} has no data.pkl")
+    prefix = pkl[: -len("data.pkl")]
+
+    def load_storage(kind: Any, key: str, numel: int) -> np.ndarray:
+        raw = archive.read(f"{prefix}data/{key}")
+        if kind == "bf16":
+            return (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+        return np.frombuffer(raw, kind)[:numel]
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+                return _rebuild_tensor
+            if module == "torch._utils" and name == "_rebuild_parameter":
+                return lambda data, *_: data
+            if module == "torch" and name in _STORAGE_DTYPES:
+                return _STORAGE_DTYPES[name]
+            if module == "collections" and name == "OrderedDict":
+                import collections
+
+                return collections.OrderedDict
+            raise ValueError(f"weights: {path} holds an unsupported object {module}.{name}")
+
+        def persistent_load(self, pid: Any) -> np.ndarray:
+            _, kind, key, _location, numel = pid
+            return load_storage(kind, key, numel)
+
+    blob = Unpickler(archive.open(pkl)).load()
+    sd = blob.get("model", blob) if isinstance(blob, dict) else blob
+    return {k: np.asarray(v, np.float32) for k, v in sd.items() if isinstance(v, np.ndarray)}
+
+
+def _read_folder(src: pathlib.Path) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
+    if not src.is_dir():
+        raise ValueError(f"source: {src} is not a directory")
+    if (src / "params.json").exists() and (src / "consolidated.pth").exists():
+        return "reference", json.loads((src / "params.json").read_text()), read_pth(
+            src / "consolidated.pth")
+    shards = sorted(src.glob("*.safetensors"))
+    if (src / "config.json").exists() and shards:
+        weights: dict[str, np.ndarray] = {}
+        for shard in shards:
+            weights.update(read_safetensors(shard))
+        return "hf", json.loads((src / "config.json").read_text()), weights
+    raise ValueError(f"source: {src} has neither params.json + consolidated.pth (reference "
+                     "release) nor config.json + *.safetensors (Hugging Face)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(f"source config: {msg}")
+
+
+def _hash_sizes(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(int(x) for x in value.split(",") if x)
+    return tuple(int(x) for x in value)
+
+
+def patching_from_reference(p: Mapping[str, Any]) -> dict[str, Any]:
+    mode = p.get("patching_mode", "entropy")
+    if mode == "entropy":
+        mode = "monotonic" if p.get("monotonicity") else \
+            "combined" if p.get("threshold_add") is not None else "global"
+    _need(mode in ("global", "monotonic", "combined", "space", "static", "byte", "bpe"),
+          f"patching_mode {mode!r} is not supported")
+    out = dict(mode=mode, threshold=float(p.get("threshold", 1.335442066192627)),
+               patch_size=float(p.get("patch_size", 4.5)))
+    if p.get("threshold_add") is not None:
+        out["threshold_add"] = float(p["threshold_add"])
+    if p.get("max_patch_length") is not None:
+        out["max_patch_length"] = int(p["max_patch_length"])
+    return out
+
+
+def blt_config_from_reference(m: Mapping[str, Any], patcher: Mapping[str, Any]
+                              ) -> ml_collections.ConfigDict:
+    """params.json["model"] (ByteLatentTransformerArgs) + data.patcher_args -> BLT config."""
+    for flag in ("cross_attn_encoder", "cross_attn_decoder", "cross_attn_init_by_pooling",
+                 "use_local_encoder_transformer"):
+        _need(bool(m.get(flag, False)), f"{flag}=false is not supported (released models use true)")
+    _need(m.get("downsampling_by_pooling", "max") == "max", "only max pooling is supported")
+    _need(m.get("cross_attn_window_encoder") is None and m.get("cross_attn_window_decoder") is None,
+          "windowed cross-attention is not supported")
+    _need(not m.get("encoder_enable_byte_ngrams", False), "frequency n-gram tables unsupported")
+    _need(m.get("patching_mode", "entropy") != "", "the BOE-prefix static mode is not supported")
+    if m.get("head_dim") is not None:
+        for d, h in [("dim_local_encoder", "n_heads_local_encoder"), ("dim_global", "n_heads_global"),
+                     ("dim_local_decoder", "n_heads_local_decoder")]:
+            _need(m[d] // m[h] == m["head_dim"], f"head_dim {m['head_dim']} != {d}/{h}")
+    attn = m.get("attn_bias_type", "causal")
+    _need(attn in ("causal", "block_causal", "local_block_causal"),
+          f"attn_bias_type {attn!r} unsupported")
+    fields = dict(
+        dim_local_encoder=m["dim_local_encoder"], n_layers_local_encoder=m["n_layers_local_encoder"],
+        n_heads_local_encoder=m["n_heads_local_encoder"], dim_global=m["dim_global"],
+        n_layers_global=m["n_layers_global"], n_heads_global=m["n_heads_global"],
+        n_kv_heads_global=m.get("n_kv_heads_global"), dim_local_decoder=m["dim_local_decoder"],
+        n_layers_local_decoder=m["n_layers_local_decoder"],
+        n_heads_local_decoder=m["n_heads_local_decoder"], n_kv_heads=m.get("n_kv_heads"),
+        cross_attn_k=m.get("cross_attn_k") or 1, cross_attn_nheads=m["cross_attn_nheads"],
+        cross_attn_all_layers_encoder=bool(m.get("cross_attn_all_layers_encoder", False)),
+        cross_attn_all_layers_decoder=bool(m.get("cross_attn_all_layers_decoder", False)),
+        local_attention_window_len=m.get("local_attention_window_len") or 512,
+        encoder_hash_byte_group_size=_hash_sizes(m.get("encoder_hash_byte_group_size")),
+        encoder_hash_byte_group_vocab=int(m.get("encoder_hash_byte_group_vocab", 30000)),
+        encoder_hash_byte_group_nb_functions=int(m.get("encoder_hash_byte_group_nb_functions", 3)),
+        rope_theta=float(m.get("rope_theta", 10000.0)), norm_eps=float(m.get("norm_eps", 1e-5)),
+        multiple_of=int(m.get("multiple_of", 256)),
+        ffn_dim_multiplier=float(m.get("ffn_dim_multiplier") or 1.0),
+        global_attention="block_causal" if attn == "block_causal" else "causal",
+        patching=patching_from_reference(patcher))
+    return config.validate(config.blt_config(**fields))
+
+
+def entropy_config_from_reference(e: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """params.json["entropy_model"] -> transformer config (window: the config's sliding_window,
+    else 512 like the reference loader; RoPE θ: rope_theta, else the library default 10000)."""
+    _need(int(e.get("vocab_size", VOCAB_SIZE)) in (VOCAB_SIZE, -1), "entropy vocab must be 260")
+    return config.validate(config.transformer_config(
+        dim=e["dim"], n_layers=e["n_layers"], n_heads=e["n_heads"], n_kv_heads=e.get("n_kv_heads"),
+        window=e.get("sliding_window") or 512, rope_theta=float(e.get("rope_theta", 10000.0)),
+        norm_eps=float(e.get("norm_eps", 1e-5)), multiple_of=int(e.get("multiple_of", 256)),
+        ffn_dim_multiplier=float(e.get("ffn_dim_multiplier") or 1.0)))
+
+
+def _theta(c: Mapping[str, Any], default: float) -> float:
+    rp = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    return float(c.get("rope_theta", rp.get("rope_theta", default)))
+
+
+def _hf_multiple_of(subs: Mapping[str, Mapping[str, Any]]) -> int:
+    """The reference's SwiGLU rule has one `multiple_of`; find the one that reproduces every
+    sub-config's explicit intermediate_size (HF stores sizes, the reference a rule)."""
+    from blt_jax.model.layers import ffn_hidden_dim
+
+    sized = {k: c for k, c in subs.items() if c.get("intermediate_size") is not None}
+    for mult in (256, 128, 64, 32, 16, 8, 4, 2, 1):
+        if all(ffn_hidden_dim(c["hidden_size"], mult) == int(c["intermediate_size"])
+               for c in sized.values()):
+            return mult
+    sizes = {k: (c["hidden_size"], c["intermediate_size"]) for k, c in sized.items()}
+    raise ValueError(f"source config: intermediate_size values {sizes} do not follow the "
+                     "SwiGLU rule multiple_of * ceil(int(8d/3) / multiple_of) for one multiple_of")
+
+
+def configs_from_hf(c: Mapping[str, Any]) -> tuple[ml_collections.ConfigDict,
+                                                   ml_collections.ConfigDict | None]:
+    enc, dec, glob = c["encoder_config"], c["decoder_config"], c["global_config"]
+    _need(enc["num_attention_heads"] == dec["num_attention_heads"],
+          "encoder and decoder cross-attention head counts differ")
+    multiple_of = _hf_multiple_of({"encoder_config": enc, "decoder_config": dec,
+                                   "global_config": glob})
+    kv_local = enc.get("num_key_value_heads")
+    patching = patching_from_reference(dict(
+        patching_mode=c.get("patching_mode", "entropy"), threshold=c.get("patching_threshold",
+                                                                          1.335442066192627),
+        max_patch_length=c.get("max_patch_length"), patch_size=c.get("patch_size", 4.5)))
+    blt_cfg = config.validate(config.blt_config(
+        dim_local_encoder=enc["hidden_size"], n_layers_local_encoder=enc["num_hidden_layers"],
+        n_heads_local_encoder=enc["num_attention_heads"], dim_global=glob["hidden_size"],
+        n_layers_global=glob["num_hidden_layers"], n_heads_global=glob["num_attention_heads"],
+        n_kv_heads_global=glob.get("num_key_value_heads"), dim_local_decoder=dec["hidden_size"],
+        n_layers_local_decoder=dec["num_hidden_layers"],
+        n_heads_local_decoder=dec["num_attention_heads"],
+        n_kv_heads=kv_local if kv_local != enc["num_attention_heads"] else None,
+        cross_attn_k=c.get("cross_attn_k", 2), cross_attn_nheads=enc["num_attention_heads"],
+        cross_attn_all_layers_encoder=bool(enc.get("cross_attn_all_layers", False)),
+        cross_attn_all_layers_decoder=bool(dec.get("cross_attn_all_layers", True)),
+        local_attention_window_len=enc.get("sliding_window") or 512,
+        encoder_hash_byte_group_size=_hash_sizes(c.get("encoder_hash_byte_group_size")),
+        encoder_hash_byte_group_vocab=int(c.get("encoder_hash_byte_group_vocab", 500002)),
+        encoder_hash_byte_group_nb_functions=int(c.get("encoder_hash_byte_group_nb_functions", 1)),
+        rope_theta=_theta(glob, 500000.0), norm_eps=float(enc.get("rms_norm_eps", 1e-5)),
+        multiple_of=multiple_of, patching=patching))
+    p = c.get("patcher_config")
+    ent = None
+    if p:
+        ent = config.validate(config.transformer_config(
+            multiple_of=_hf_multiple_of({"patcher_config": p}),
+            dim=p["hidden_size"], n_layers=p["num_hidden_layers"],
+            n_heads=p["num_attention_heads"],
+            n_kv_heads=(p.get("num_key_value_heads")
+                        if p.get("num_key_value_heads") != p["num_attention_heads"] else None),
+            window=p.get("sliding_window") or 512, rope_theta=_theta(p, 10000.0),
+            norm_eps=float(p.get("rms_norm_eps", 1e-5))))
+    return blt_cfg, ent
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+
+def _source_key(path: tuple[Any, ...], naming: str, prefix: str) -> str:
+    parts = [str(p) for p in path[:-1]]  # drop kernel / embedding / weight
+    if naming == "hf":
+        parts = [_HF.get(p, p) for p in parts]
+    return prefix + ".".join(parts) + ".weight"
+
+
+def _fill(abstract: Any, sd: Mapping[str, np.ndarray], naming: str, prefix: str,
+          special: Mapping[tuple[Any, ...], np.ndarray]) -> Any:
+    flat = []
+    used = set()
+    for path, var in nnx.to_flat_state(abstract):
+        shape = tuple(var.get_value().shape)
+        if path in special:
+            arr = special[path]
+        else:
+            key = _source_key(path, naming, prefix)
+            if key not in sd:
+                raise ValueError(f"weights: missing {key!r} (needed for {'/'.join(map(str, path))})")
+            arr = sd[key]
+            used.add(key)
+            if path[-1] == "kernel":
+                arr = arr.T  # torch Linear [out, in] -> (in, out)
+        if tuple(arr.shape) != shape:
+            raise ValueError(f"weights: {'/'.join(map(str, path))} has shape {arr.shape}, the "
+                             f"config implies {shape}")
+        flat.append((path, var.replace(np.ascontiguousarray(arr, np.float32))))
+    return nnx.from_flat_state(flat), used
+
+
+def blt_params_from_state_dict(sd: Mapping[str, np.ndarray], cfg: ml_collections.ConfigDict,
+                               naming: str = "reference") -> Any:
+    """Reference/HF BLT state dict -> nnx State of blt_jax.model.blt.BLT (strict: no key ignored)."""
+    from blt_jax.model.blt import BLT
+
+    abstract = nnx.state(nnx.eval_shape(lambda: BLT(cfg, rngs=nnx.Rngs(0))))
+    prefix = "model." if naming == "hf" else ""
+    special: dict[tuple[Any, ...], np.ndarray] = {}
+    n_tables = cfg.encoder_hash_byte_group_nb_functions * len(cfg.encoder_hash_byte_group_size)
+    hash_keys: list[str] = []
+    if n_tables:
+        if naming == "hf":
+            hash_keys = ["model.encoder_hash_tok_embedding.weight"]
+        else:
+            hash_keys = [f"encoder_hash_tok_embedding.{t}.weight" for t in range(n_tables)]
+        missing = [k for k in hash_keys if k not in sd]
+        if missing:
+            raise ValueError(f"weights: missing hash tables {missing[:2]}")
+        fused = np.concatenate([sd[k] for k in hash_keys], axis=0)
+        rows = _padded_rows(abstract, fused.shape[0])
+        special[("local_encoder", "hash_embeddings", "embedding")] = np.pad(
+            fused, ((0, rows - fused.shape[0]), (0, 0)))  # never-indexed shard padding
+    if naming == "hf":
+        special[("local_decoder", "output", "kernel")] = sd["lm_head.weight"].T
+    state, used = _fill(abstract, sd, naming, prefix, special)
+    used |= set(hash_keys) | ({"lm_head.weight"} if naming == "hf" else set())
+    unused = [k for k in sd if k not in used and not k.startswith(("model.patcher.", "patcher."))
+              and not k.endswith(("rope.freqs_cis", "rotary_emb.inv_freq"))]
+    if unused:
+        raise ValueError(f"weights: {len(unused)} source tensors have no place in the config, "
+                         f"e.g. {unused[:3]} (wrong params.json?)")
+    return state
+
+
+def _padded_rows(abstract: Any, real_rows: int) -> int:
+    rows = abstract["local_encoder"]["hash_embeddings"]["embedding"].get_value().shape[0]
+    if rows < real_rows:
+        raise ValueError(f"weights: {real_rows} hash rows do not fit the config's {rows}")
+    return rows
+
+
+def transformer_params_from_state_dict(sd: Mapping[str, np.ndarray],
+                                       cfg: ml_collections.ConfigDict,
+                                       naming: str = "reference", prefix: str = "") -> Any:
+    from blt_jax.model.transformer import Transformer
+
+    abstract = nnx.state(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    state, used = _fill(abstract, sd, naming, prefix, {})
+    unused = [k for k in sd if k.startswith(prefix) and k not in used
+              and not k.endswith(("rope.freqs_cis", "rotary_emb.inv_freq"))]
+    if unused:
+        raise ValueError(f"weights: entropy model tensors without a place: {unused[:3]}")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+def _write_workdir(out: pathlib.Path, kind: str, model_cfg: ml_collections.ConfigDict,
+                   params: Any, source: str, entropy_dir: str = "") -> None:
+    exp = config.experiment_config(kind, model_cfg)
+    exp.entropy.workdir = entropy_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(exp.to_json(indent=2))
+    checkpoint.save_params_only(out, params, step=0, meta={"imported_from": source})
+
+
+def import_reference(blt_src: str, out: str, entropy_src: str | None = None) -> str:
+    """Converts released weights into a workdir at `out` (refuses to overwrite one)."""
+    out_p = pathlib.Path(out)
+    if out_p.exists() and any(out_p.iterdir()):
+        raise ValueError(f"out: {out} exists and is not empty; choose a new directory")
+    naming, cfg_json, sd = _read_folder(pathlib.Path(blt_src))
+    if naming == "reference":
+        model_cfg = blt_config_from_reference(cfg_json["model"],
+                                              cfg_json.get("data", {}).get("patcher_args", {}))
+        ent_cfg, ent_sd, ent_naming, ent_prefix = None, None, "reference", ""
+        if entropy_src:
+            ent_naming, ent_json, ent_sd = _read_folder(pathlib.Path(entropy_src))
+            if ent_naming != "reference":
+                raise ValueError("entropy: give the reference entropy folder (params.json + "
+                                 "consolidated.pth) with a reference BLT folder")
+            ent_cfg = entropy_config_from_reference(ent_json.get("entropy_model", ent_json))
+    else:
+        model_cfg, ent_cfg = configs_from_hf(cfg_json)
+        ent_sd, ent_naming, ent_prefix = sd, "hf", "model.patcher."
+        if entropy_src:
+            raise ValueError("entropy: a Hugging Face folder bundles its entropy model; "
+                             "drop --entropy")
+    needs_entropy = model_cfg.patching.mode in ("global", "monotonic", "combined")
+    if needs_entropy and ent_cfg is None:
+        raise ValueError("entropy: this BLT patches by entropy; pass --entropy with the entropy "
+                         "model folder")
+    params = blt_params_from_state_dict(sd, model_cfg, naming)
+    ent_params = transformer_params_from_state_dict(ent_sd, ent_cfg, ent_naming, ent_prefix) \
+        if ent_cfg is not None else None
+    if ent_params is not None:
+        _write_workdir(out_p / "entropy_model", "entropy", ent_cfg, ent_params,
+                       str(entropy_src or blt_src))
+    _write_workdir(out_p, "blt", model_cfg, params, str(blt_src),
+                   "entropy_model" if ent_params is not None else "")
+    return str(out_p)

@@ -1,0 +1,412 @@
+"""Training: `blt-jax train --config experiments/<name>.py --workdir DIR [--config.a.b=v ...]`.
+
+The jitted step is pure: ``train_step(state, batch, frozen) -> (state, metrics)`` with the state
+{params, opt, step} donated and sharded by the rules table, the batch sharded over (data, fsdp)
+and `frozen` the entropy model's parameters (BLT only; patches are made inside the step). The
+loop dispatches step t before fetching step t-1's metrics, so logging never stalls the device.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import shutil
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from blt_jax.inference import api
+from blt_jax.model import factory
+from blt_jax.text import bpe, patching
+from blt_jax.training import checkpoint, metrics, objective, optim
+from blt_jax import config
+from blt_jax.pipeline import data
+from blt_jax.scale import distributed, sharding
+from blt_jax.model import flops
+from blt_jax.model.transformer import Transformer, entropies
+
+ENTROPY_DIR = "entropy_model"
+
+
+# ---------------------------------------------------------------------------------------------
+# Workdir and configuration
+
+
+def _model_fields(model: Any) -> dict[str, Any]:
+    d = json.loads(model.to_json()) if hasattr(model, "to_json") else dict(model)
+    d.get("patching", {}).pop("threshold", None)  # calibrated per run, recorded separately
+    return d
+
+
+def prepare_workdir(cfg: ml_collections.ConfigDict, workdir: pathlib.Path
+                    ) -> ml_collections.ConfigDict:
+    """Checks a resumed workdir holds the same model; returns the config to run with."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    stored_path = workdir / "config.json"
+    if stored_path.exists() and checkpoint.steps(workdir):
+        stored = factory.read_config(workdir)
+        if stored.kind != cfg.kind or _model_fields(stored.model) != _model_fields(cfg.model):
+            a, b = _model_fields(stored.model), _model_fields(cfg.model)
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise ValueError(f"workdir: {workdir} holds a checkpoint of a different model "
+                             f"({stored.kind} vs {cfg.kind}; fields {diff[:4]}); use a new "
+                             "--workdir")
+        if cfg.kind == "blt":
+            cfg.model.patching.threshold = stored.model.patching.threshold
+            cfg.entropy.workdir = stored.entropy.workdir
+    return cfg
+
+
+def _p_max(cfg: ml_collections.ConfigDict) -> int:
+    if cfg.kind != "blt":
+        return 0
+    if cfg.data.p_max > 0:
+        return int(cfg.data.p_max)
+    rule, n = cfg.model.patching, cfg.data.seq_len + 1
+    est = {"byte": 1.0, "static": float(rule.patch_size)}.get(
+        rule.mode, cfg.entropy.target_bytes_per_patch or 2.0)
+    return int(min(n, max(2, math.ceil(1.5 * n / est) + 2)))
+
+
+def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+    """Freezes the entropy model into WORKDIR/entropy_model (params only) on first start.
+
+    Every process takes part (Orbax reads and writes are collective); the directory appears
+    complete or not at all (written under a temporary name, renamed by process 0).
+    """
+    dest = workdir / ENTROPY_DIR
+    if (dest / "config.json").exists():
+        return dest
+    src = pathlib.Path(cfg.entropy.workdir)
+    if not cfg.entropy.workdir or not (src / "config.json").exists():
+        raise ValueError(f"entropy: no trained entropy model at {cfg.entropy.workdir!r}; train "
+                         "one first (experiments/entropy_tiny.py) and pass "
+                         "--config.entropy.workdir=DIR")
+    model = api.load(src)
+    if model.kind != "entropy":
+        raise ValueError(f"entropy: {src} holds a {model.kind} model, not an entropy model")
+    tmp = workdir / (ENTROPY_DIR + ".tmp")
+    lead = jax.process_index() == 0
+    if lead:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copy(src / "config.json", tmp / "config.json")
+    distributed.barrier("entropy_copy_start")
+    checkpoint.save_params_only(tmp, jax.tree.map(np.asarray, model.params),
+                                meta={"source": str(src.absolute()), "source_step": model.step})
+    distributed.barrier("entropy_copy_saved")
+    if lead:
+        tmp.rename(dest)
+    distributed.barrier("entropy_copy_done")
+    return dest
+
+
+def calibrate_threshold(cfg: ml_collections.ConfigDict, ent: api.Model) -> dict[str, float]:
+    """Threshold giving `target_bytes_per_patch` on training rows (bisection on real entropies)."""
+    target = cfg.entropy.target_bytes_per_patch
+    docs = data.documents(cfg.data, "train")
+    it = data.batches(docs, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
+                      seed=cfg.seed + 1, train=True)
+    rows: list[np.ndarray] = []
+    while len(rows) < cfg.entropy.calibration_docs:
+        rows.extend(ent.entropies(next(it)["ids"]))
+    mode = cfg.model.patching.mode
+    theta = patching.threshold_for_target_patch_size(
+        rows, target, mode="monotonic" if mode == "monotonic" else "global",
+        max_patch_length=cfg.model.patching.max_patch_length)
+    n = sum(len(patching.patch_lengths(None, r, mode=mode, threshold=theta, include_next=False,
+                                       threshold_add=cfg.model.patching.threshold_add,
+                                       max_patch_length=cfg.model.patching.max_patch_length))
+            for r in rows)
+    return {"target_bytes_per_patch": target, "threshold": float(theta),
+            "measured_bytes_per_patch": sum(len(r) for r in rows) / n, "rows": len(rows)}
+
+
+# ---------------------------------------------------------------------------------------------
+# State and steps
+
+
+class Trainer:
+    """Builds the sharded state and the jitted steps for one config."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                 frozen: tuple[Any, Any, ml_collections.ConfigDict] | None = None):
+        """frozen: the entropy model as (graphdef, params, config); params may be abstract
+        (ShapeDtypeStructs with shardings) for AOT compilation."""
+        self.cfg, self.mesh = cfg, mesh
+        self.kind = cfg.kind
+        self.p_max = _p_max(cfg)
+        self.rule = config.patching_rule(cfg.model.patching) if cfg.kind == "blt" else None
+        self.tx = optim.make(cfg.optim, cfg.train.steps)
+        self.schedule = optim.schedule(cfg.optim, cfg.train.steps)
+
+        def init() -> dict[str, Any]:
+            params = nnx.state(factory.build_model(cfg.model, cfg.seed))
+            return {"params": params, "opt": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+        self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: factory.build_model(cfg.model, cfg.seed)))
+        self.abstract = jax.eval_shape(init)
+        self.shardings = sharding.state_shardings(self.abstract, mesh)
+        self._init = jax.jit(init, out_shardings=self.shardings)
+        self.batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
+        self.frozen_graphdef = self.frozen = self.frozen_cfg = None
+        if frozen is not None:
+            self.frozen_graphdef, params, self.frozen_cfg = frozen
+            concrete = not isinstance(jax.tree.leaves(params)[0], jax.ShapeDtypeStruct)
+            # host copies first: device_put then works for meshes spanning processes
+            self.frozen = jax.device_put(jax.tree.map(np.asarray, params),
+                                         sharding.state_shardings(params, mesh)) \
+                if concrete else params
+        self.train_step = jax.jit(self._train_step, donate_argnums=0,
+                                  out_shardings=(self.shardings, None))
+        self.eval_step = jax.jit(self._sums)
+
+    def init_state(self) -> dict[str, Any]:
+        with jax.set_mesh(self.mesh):
+            return self._init()
+
+    def _sums(self, params: Any, batch: dict[str, jax.Array], frozen: Any) -> dict[str, jax.Array]:
+        model = nnx.merge(self.graphdef, params)
+        ent = nnx.merge(self.frozen_graphdef, frozen) if frozen is not None else None
+        return objective.sums(model, batch, kind=self.kind, entropy_model=ent, p_max=self.p_max,
+                              rule=self.rule)
+
+    def _train_step(self, state: dict[str, Any], batch: dict[str, jax.Array], frozen: Any
+                    ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+        accum = self.cfg.train.grad_accum
+
+        def grads_and_sums(mb: dict[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
+            def f(p: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+                s = self._sums(p, mb, frozen)
+                return s["nll"], s
+            (_, s), g = jax.value_and_grad(f, has_aux=True)(state["params"])
+            return g, s
+
+        if accum == 1:
+            grads, total = grads_and_sums(batch)
+        else:
+            micro = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
+
+            def body(carry: Any, mb: dict[str, jax.Array]) -> tuple[Any, None]:
+                g, s = grads_and_sums(mb)
+                return jax.tree.map(jnp.add, carry, (g, s)), None
+
+            zeros = jax.eval_shape(grads_and_sums, jax.tree.map(lambda x: x[0], micro))
+            zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), zeros)
+            (grads, total), _ = jax.lax.scan(body, zeros, micro)
+        grads = jax.tree.map(lambda g: g / jnp.maximum(total["n_targets"], 1.0), grads)
+        updates, opt = self.tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        out = dict(total, grad_norm=optax.tree.norm(grads), lr=self.schedule(state["step"]))
+        return {"params": params, "opt": opt, "step": state["step"] + 1}, out
+
+    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
+                for k, v in batch.items()}
+
+    def evaluate(self, params: Any, batches: Any, batch_size: int) -> dict[str, float]:
+        """Scores the whole (global) evaluation stream; each process feeds its rows."""
+        total: dict[str, float] = {}
+        process = (jax.process_index(), jax.process_count())
+        dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        batch_size = -(-batch_size // dp) * dp  # zero rows (mask False) fill the batch shards
+        params = jax.device_put(params, sharding.state_shardings(params, self.mesh))
+        with jax.set_mesh(self.mesh):
+            for batch in batches:
+                local = data.local_rows(data.pad_batch(batch, batch_size), process)
+                s = jax.device_get(self.eval_step(params, self.put_batch(local), self.frozen))
+                for k, v in s.items():
+                    total[k] = total.get(k, 0.0) + float(v)
+        if not total:
+            raise ValueError("data: the validation split produced no batch")
+        return {"eval_" + k: v for k, v in objective.summarize(total).items()} | {
+            "eval_bytes": total["n_bytes"]}
+
+    def flops_per_step(self, n_targets: float, bytes_per_patch: float | None
+                       ) -> tuple[float, float]:
+        """(model training FLOPs = 3 x forward, frozen patcher forward FLOPs) of one step,
+        by the paper's formulas; BLT's global part uses the step's measured bytes/patch."""
+        cfg, n = self.cfg, self.cfg.data.seq_len
+        if self.kind == "blt":
+            fl = flops.blt_flops_per_byte(cfg.model, max(bytes_per_patch or 1.0, 1.0), n,
+                                          self.frozen_cfg)
+            return 3 * n_targets * fl["blt"], n_targets * fl.get("entropy_model", 0.0)
+        return 3 * n_targets * flops.transformer_flops_per_token(cfg.model, n), 0.0
+
+
+def frozen_of(model: api.Model | None) -> tuple[Any, Any, ml_collections.ConfigDict] | None:
+    return None if model is None else (model.graphdef, model.params, model.model_config)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Trains (or resumes) and returns the final summary; writes everything under workdir."""
+    workdir = pathlib.Path(workdir)
+    cfg = prepare_workdir(cfg, workdir)
+    config.validate(cfg.model)
+    if cfg.kind in ("blt", "entropy") and cfg.model.vocab_size != 260:
+        raise ValueError("model.vocab_size: byte models use 260 ids")
+    if cfg.train.steps < 1:
+        raise ValueError(f"train.steps: must be >= 1, got {cfg.train.steps}")
+    if cfg.data.batch_size % cfg.train.grad_accum:
+        raise ValueError("train.grad_accum: must divide data.batch_size")
+    lead = jax.process_index() == 0
+    docs = data.documents(cfg.data, "train")
+    eval_docs = data.documents(cfg.data, "validation")
+
+    ent_model = None
+    tok = None
+    extra: dict[str, Any] = {}
+    process = (jax.process_index(), jax.process_count())
+    # space/static/byte patching needs no entropy model unless one is given (e.g. for eval)
+    if cfg.kind == "blt" and (cfg.model.patching.mode in patching.ENTROPY_MODES
+                              or cfg.entropy.workdir):
+        ent_dir = _copy_entropy_model(cfg, workdir)
+        cfg.entropy.workdir = ENTROPY_DIR
+        ent_model = api.load(ent_dir)
+        if cfg.model.patching.mode in patching.ENTROPY_MODES and \
+                cfg.entropy.target_bytes_per_patch > 0 and not checkpoint.steps(workdir):
+            cal = calibrate_threshold(cfg, ent_model)  # identical on every process
+            cfg.model.patching.threshold = cal["threshold"]
+            if lead:
+                (workdir / "threshold.json").write_text(json.dumps(cal, indent=2))
+    elif cfg.kind == "bpe":
+        if lead and not (workdir / bpe.FILE).exists():
+            bpe.train(docs, cfg.model.vocab_size).save(workdir)
+        distributed.barrier("bpe_tokenizer")
+        tok = bpe.load(workdir)
+        if tok.vocab_size != cfg.model.vocab_size:
+            raise ValueError(f"model.vocab_size: {cfg.model.vocab_size} but the workdir's "
+                             f"tokenizer has {tok.vocab_size} ids")
+        extra = bpe.describe(tok, eval_docs)
+    if lead:
+        (workdir / "config.json").write_text(cfg.to_json(indent=2))
+
+    mesh = sharding.make_mesh(tuple(cfg.mesh.shape), dcn_shape=tuple(cfg.mesh.dcn_shape))
+    trainer = Trainer(cfg, mesh, frozen_of(ent_model))
+    train_it = data.train_batches(docs, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
+                                  seed=cfg.seed, loader_shards=cfg.data.loader_shards,
+                                  process=process, bpe_tokenizer=tok,
+                                  num_workers=cfg.data.num_workers)
+    ck = cfg.checkpoint
+    mngr = checkpoint.manager(workdir, save_every=ck.every, keep_latest=ck.keep_latest,
+                              keep_every=ck.keep_every or None, keep_best=ck.keep_best,
+                              async_save=ck.async_save)
+    if ck.pinned_steps and lead:
+        checkpoint.add_pins(workdir, [int(s) for s in ck.pinned_steps])
+    state = trainer.init_state()
+    train_flops = 0.0
+    start = mngr.latest_step() or 0
+    if start:
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                trainer.abstract, trainer.shardings)
+        out = checkpoint.restore(mngr, start, params=abstract["params"], opt_state=abstract["opt"],
+                                 data_iter=train_it)
+        state = {"params": out["params"], "opt": out["opt_state"],
+                 "step": jax.device_put(jnp.asarray(start, jnp.int32))}
+        train_flops = float(out["meta"].get("train_flops", 0.0))
+
+    writer = metrics.Writer(workdir, enabled=lead)
+    progress = metrics.Progress(cfg.train.steps, start, cfg.train.log_every,
+                                enabled=lead and cfg.train.progress, label=f"[{cfg.kind}] ")
+    peak = cfg.train.peak_flops or metrics.measured_peak_flops(cfg.model.dtype)
+    stop = {"flag": False}
+    old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    history: list[dict[str, float]] = []
+    last_eval: dict[str, float] = {}
+    t_last = time.perf_counter()
+    pending = None
+
+    def fetch(pending: tuple[int, Any]) -> None:
+        nonlocal t_last, train_flops
+        step, dev = pending
+        m = {k: float(v) for k, v in jax.device_get(dev).items()}
+        now = time.perf_counter()
+        dt, t_last = now - t_last, now
+        if not math.isfinite(m["nll"]):
+            raise FloatingPointError(f"train: loss became {m['nll']} at step {step}; lower "
+                                     "optim.lr or check the data (no checkpoint was written for it)")
+        row = objective.summarize(m) | {"lr": m["lr"], "grad_norm": m["grad_norm"],
+                                        "bytes_per_s": m["n_bytes"] / dt, "step_time": dt}
+        if "n_patches" in m:
+            row["patches_per_s"] = m["n_patches"] / dt
+        fl, patcher_fl = trainer.flops_per_step(m["n_targets"], row.get("bytes_per_patch"))
+        train_flops += fl
+        row["mfu"] = (fl + patcher_fl) / dt / (peak * jax.device_count())
+        row["train_flops"] = train_flops
+        history.append(row | {"step": step})
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            writer.write(step, row)
+        progress.update(step, f"loss {row['loss']:.3f} bpb {row['bpb']:.3f} "
+                              f"{row['bytes_per_s']:.3g} B/s")
+
+    try:
+        with jax.set_mesh(mesh):
+            for step in range(start + 1, cfg.train.steps + 1):
+                batch = trainer.put_batch(next(train_it))
+                if step == start + 1 and jax.process_count() > 1:
+                    # compile everywhere first, then start together: CPU (gloo) collectives give
+                    # up if peers reach the first one more than 30 s apart
+                    trainer.train_step.lower(state, batch, trainer.frozen).compile()
+                    distributed.rendezvous("first_step")
+                state, dev_metrics = trainer.train_step(state, batch, trainer.frozen)
+                if pending is not None:
+                    fetch(pending)
+                pending = (step, dev_metrics)
+                eval_metrics = None
+                if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+                    fetch(pending)
+                    pending = None
+                    eval_it = data.batches(eval_docs, seq_len=cfg.data.seq_len,
+                                           batch_size=cfg.data.eval_batch_size, seed=0,
+                                           train=False, bpe_tokenizer=tok)
+                    eval_metrics = trainer.evaluate(
+                        state["params"], data.take(eval_it, cfg.train.eval_batches or None),
+                        cfg.data.eval_batch_size)
+                    last_eval = eval_metrics
+                    writer.write(step, eval_metrics | {"train_flops": train_flops})
+                if mngr.should_save(step) or step == cfg.train.steps or stop["flag"]:
+                    checkpoint.save(mngr, step, params=state["params"], opt_state=state["opt"],
+                                    data_iter=train_it,
+                                    meta={"step": step, "train_flops": train_flops},
+                                    metrics={checkpoint.BEST_METRIC: eval_metrics["eval_bpb"]}
+                                    if eval_metrics else None, force=True)
+                if stop["flag"] or mngr.reached_preemption(step):
+                    break
+            if pending is not None:
+                fetch(pending)
+    finally:
+        mngr.wait_until_finished()
+        mngr.close()
+        writer.close()
+        progress.close()
+        signal.signal(signal.SIGTERM, old_handler)
+    summary = {"kind": cfg.kind, "workdir": str(workdir), "steps": history[-1]["step"]
+               if history else start, "train_flops": train_flops} | last_eval | extra
+    if history:
+        summary["bytes_per_s"] = float(np.median([h["bytes_per_s"] for h in history[1:]] or
+                                                 [history[0]["bytes_per_s"]]))
+        summary["mfu"] = float(np.median([h["mfu"] for h in history[1:]] or [history[0]["mfu"]]))
+        summary["final_loss"] = history[-1]["loss"]
+        for k in ("bytes_per_patch", "patch_padding", "overflow_rate"):
+            if k in history[-1]:
+                summary[k] = float(np.mean([h[k] for h in history]))
+    if cfg.kind == "blt":
+        summary["p_max"] = trainer.p_max
+        summary["threshold"] = cfg.model.patching.threshold
+    if lead:
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    distributed.barrier("run_done")  # processes leave together: jax.distributed's shutdown waits
+    return summary

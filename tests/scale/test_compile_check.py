@@ -1,0 +1,49 @@
+"""AOT compile check: topology names, the memory report on fake CPU devices (CI has no libtpu;
+the real TPU topologies are exercised by hand, README table), and the CLI's errors."""
+
+import math
+import pathlib
+
+import jax
+import pytest
+
+from blt_jax.scale import compile_check
+from blt_jax import config
+from helpers import run_cli
+
+ROOT = pathlib.Path(__file__).parents[2]
+
+
+@pytest.mark.parametrize("spec,want", [("v5p:4x4x4", "v5p:4x4x4"), ("v5p-128", "v5p:4x4x4"),
+                                       ("v5litepod-16", "v5e:4x4"), ("v6e-64", "v6e:8x8"),
+                                       ("v4-8", "v4:2x2x1"), ("v5p-32", "v5p:2x2x4")])
+def test_topology_names(spec, want):
+    assert compile_check.topology_name(spec) == want
+
+
+@pytest.mark.parametrize("bad", ["v5p-96", "tpu", "v7x-8"])
+def test_bad_topology_names(bad):
+    with pytest.raises(ValueError, match="topology"):
+        compile_check.topology_name(bad)
+
+
+def small_blt():
+    cfg = config.tiny_experiment("blt")
+    cfg.data.update(batch_size=8, seq_len=64)
+    return cfg
+
+
+def test_report_on_fake_devices_fits_or_not():
+    cfg, ent = small_blt(), config.model_preset("entropy_tiny")
+    r = compile_check.check(cfg, "cpu:8", ent, devices=jax.devices(), hbm_gib=16.0)
+    assert r["fits"] and r["devices"] == 8 and r["mesh"]["fsdp"] == 8
+    assert 0 < r["total_gib"] < 16 and math.isclose(r["headroom_gib"], 16 - r["total_gib"])
+    assert r["params"] > 0 and "FITS" in compile_check.format_report(r)
+    tight = compile_check.check(cfg, "cpu:8", ent, devices=jax.devices(),
+                                hbm_gib=r["total_gib"] / 2)
+    assert not tight["fits"] and "DOES NOT FIT" in compile_check.format_report(tight)
+
+
+def test_cli_without_libtpu_or_bad_topology_is_one_line():
+    r = run_cli("compile-check", "--config", str(ROOT / "experiments" / "blt_1b.py"), "--topology", "v5p-96")
+    assert r.returncode == 2 and "topology" in r.stderr and "Traceback" not in r.stderr

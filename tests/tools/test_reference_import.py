@@ -1,0 +1,220 @@
+"""Released-weight import: torch-free .pth reading, reference and Hugging Face folders, checked
+against an independent float64 numpy restatement of the reference forward."""
+
+import json
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+import blt_jax
+import reference_numpy as oracle
+from blt_jax.tools import reference_import as ri
+from blt_jax.text import tokenizer
+from conftest import DATA
+
+REF, REF_ENT = DATA / "reference_tiny", DATA / "reference_tiny_entropy"
+
+
+@pytest.fixture(scope="module")
+def weights():
+    w = np.load(DATA / "reference_tiny_weights.npz")
+    blt = {k[len("blt/"):]: w[k] for k in w.files if k.startswith("blt/")}
+    ent = {k[len("entropy/"):]: w[k] for k in w.files if k.startswith("entropy/")}
+    return blt, ent
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("imp") / "blt"
+    ri.import_reference(str(REF), str(out), str(REF_ENT))
+    return blt_jax.load(out)
+
+
+def sample_rows():
+    ids = np.stack([tokenizer.encode(b"Hello BLT world! Bytes, not tokens.")[:33],
+                    np.concatenate([tokenizer.encode(b"Two documents"), tokenizer.encode(b"in one row, packed.")])[:33]])
+    lengths = np.array([[1, 3, 5, 10, 4, 3, 8, 0, 0], [1, 1, 8, 2, 12, 9, 1, 0, 0]])
+    assert (lengths.sum(1) == 34).all()
+    return ids, lengths
+
+
+def test_torch_free_reader_matches_torch_ground_truth(weights):
+    blt, ent = weights
+    sd = ri.read_pth(REF / "consolidated.pth")
+    assert sd.keys() == blt.keys()
+    for k in blt:
+        np.testing.assert_array_equal(sd[k], blt[k])  # bf16 -> f32 is exact
+    sd = ri.read_pth(REF_ENT / "consolidated.pth")
+    assert all(np.array_equal(sd[k], ent[k]) for k in ent)
+
+
+def test_real_torch_files_if_torch_is_installed(tmp_path):
+    torch = pytest.importorskip("torch")
+    sd = {"a": torch.randn(3, 5).to(torch.bfloat16), "b": torch.randn(6, 4).t(),
+          "c": torch.arange(10.0)[2:8].half()}
+    torch.save({"model": sd}, tmp_path / "x.pth")
+    got = ri.read_pth(tmp_path / "x.pth")
+    for k, v in sd.items():
+        np.testing.assert_array_equal(got[k], v.float().numpy())
+
+
+def test_imported_reference_folder_matches_numpy_oracle(imported, weights):
+    blt, ent = weights
+    params = json.loads((REF / "params.json").read_text())
+    ids, lengths = sample_rows()
+    got = imported.logits(ids, lengths)
+    for r in range(2):
+        want = oracle.blt_logits(blt, params["model"], ids[r], lengths[r])
+        np.testing.assert_allclose(got[r], want, atol=1e-4, rtol=0)
+    e_params = json.loads((REF_ENT / "params.json").read_text())["entropy_model"]
+    got_e = imported.entropy_model.logits(ids)
+    np.testing.assert_allclose(got_e[0], oracle.entropy_logits(ent, e_params, ids[0]), atol=1e-4)
+    # imported hyper-parameters come from params.json, not from presets
+    cfg = imported.model_config
+    assert (cfg.encoder_hash_byte_group_nb_functions, tuple(cfg.encoder_hash_byte_group_size)) == (2, (3, 4))
+    assert cfg.local_attention_window_len == 8 and imported.entropy_model.model_config.window == 512
+    assert imported.patching_rule["mode"] == "global"
+
+
+def test_logits_without_lengths_use_the_entropy_model(imported, weights):
+    blt, ent = weights
+    params = json.loads((REF / "params.json").read_text())
+    ids, _ = sample_rows()
+    h = imported.entropies(ids)
+    lengths = imported.patch_lengths(ids)
+    from blt_jax.text import patching
+    np.testing.assert_array_equal(lengths, patching.patch_lengths(None, h, mode="global"))
+    got = imported.logits(ids)
+    row = lengths[0][lengths[0] > 0]
+    np.testing.assert_allclose(got[0], oracle.blt_logits(blt, params["model"], ids[0], row),
+                               atol=1e-4)
+
+
+def write_safetensors(path, tensors):
+    header, blobs, offset = {}, [], 0
+    for name, arr in tensors.items():
+        data = np.ascontiguousarray(arr, np.float32).tobytes()
+        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
+
+
+HF_NAMES = [("attention_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm"),
+            ("attention.", "self_attn."), ("feed_forward.", "mlp."), ("w1", "gate_proj"),
+            ("w2", "down_proj"), ("w3", "up_proj"), ("wq", "q_proj"), ("wk", "k_proj"),
+            ("wv", "v_proj"), ("wo", "o_proj"), ("cross_attn_norm_q", "q_norm"),
+            ("cross_attn_norm_kv", "k_norm"), ("tok_embeddings", "embed_tokens")]
+
+
+def hf_name(k):
+    for a, b in HF_NAMES:
+        k = k.replace(a, b)
+    return k
+
+
+def test_hugging_face_folder(tmp_path, weights):
+    blt, ent = weights
+    m = json.loads((REF / "params.json").read_text())["model"]
+    sd = {}
+    for k, v in blt.items():
+        if k.startswith("encoder_hash_tok_embedding"):
+            continue
+        sd["lm_head.weight" if k == "local_decoder.output.weight" else "model." + hf_name(k)] = v
+    sd["model.encoder_hash_tok_embedding.weight"] = np.concatenate(
+        [blt[f"encoder_hash_tok_embedding.{t}.weight"] for t in range(4)])
+    for k, v in ent.items():
+        sd["model.patcher." + hf_name(k).replace("output", "lm_head")] = v
+    src = tmp_path / "hf"
+    src.mkdir()
+    write_safetensors(src / "model.safetensors", sd)
+    sub = lambda d, h, l, extra: dict(  # noqa: E731
+        dict(hidden_size=d, num_attention_heads=h, num_hidden_layers=l, rms_norm_eps=1e-5,
+             rope_theta=500000.0, intermediate_size={32: 96, 48: 128}[d]), **extra)
+    hf_cfg = dict(model_type="blt", patching_mode="entropy", patching_threshold=1.335442066192627,
+                  cross_attn_k=2, encoder_hash_byte_group_size=[3, 4],
+                  encoder_hash_byte_group_vocab=97, encoder_hash_byte_group_nb_functions=2,
+                  encoder_config=sub(32, 4, 2, dict(cross_attn_all_layers=True, sliding_window=8,
+                                                     num_key_value_heads=4)),
+                  decoder_config=sub(32, 4, 2, dict(cross_attn_all_layers=True)),
+                  global_config=sub(48, 4, 2, dict(num_key_value_heads=2)),
+                  patcher_config=dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=2,
+                                      rms_norm_eps=1e-5, rope_theta=10000.0, intermediate_size=256))
+    (src / "config.json").write_text(json.dumps(hf_cfg))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="intermediate_size"):  # shapes are checked, not guessed
+        bad = dict(hf_cfg, global_config=sub(48, 4, 2, dict(intermediate_size=100)))
+        (src / "config.json").write_text(json.dumps(bad))
+        ri.import_reference(str(src), str(out))
+    (src / "config.json").write_text(json.dumps(hf_cfg))
+    model = blt_jax.load(ri.import_reference(str(src), str(out)))
+    # HF uses the encoder/decoder head count for cross-attention; the fixture's local models have
+    # 2 heads and cross_attn_nheads 4, so this HF folder declares 4 local heads: compare on a
+    # config where both agree by checking the entropy model and hashing, then the full BLT.
+    ids, lengths = sample_rows()
+    m_hf = dict(m, n_heads_local_encoder=4, n_heads_local_decoder=4)
+    got = model.logits(ids, lengths)
+    np.testing.assert_allclose(got[1], oracle.blt_logits(blt, m_hf, ids[1], lengths[1]), atol=1e-4)
+    e_params = json.loads((REF_ENT / "params.json").read_text())["entropy_model"]
+    np.testing.assert_allclose(model.entropy_model.logits(ids)[0],
+                               oracle.entropy_logits(ent, e_params, ids[0]), atol=1e-4)
+
+
+def test_block_causal_global_attention(weights):
+    blt, _ = weights
+    m = dict(json.loads((REF / "params.json").read_text())["model"], attn_bias_type="block_causal")
+    cfg = ri.blt_config_from_reference(m, {"patching_mode": "space"})
+    state = ri.blt_params_from_state_dict(blt, cfg)
+    from flax import nnx
+    from blt_jax.model.blt import BLT
+    model = nnx.merge(nnx.split(nnx.eval_shape(lambda: BLT(cfg, rngs=nnx.Rngs(0))))[0], state)
+    ids, lengths = sample_rows()  # row 1 holds an EOS: the global mask splits there
+    got = np.asarray(model(ids, lengths))
+    np.testing.assert_allclose(got[1], oracle.blt_logits(blt, m, ids[1], lengths[1]), atol=1e-4)
+    causal = oracle.blt_logits(blt, dict(m, attn_bias_type="causal"), ids[1], lengths[1])
+    assert np.abs(causal - got[1]).max() > 1e-3  # the block-causal mask really changed something
+
+
+def test_import_errors(tmp_path, weights):
+    blt, _ = weights
+    params = json.loads((REF / "params.json").read_text())
+    cfg = ri.blt_config_from_reference(params["model"], params["data"]["patcher_args"])
+    missing = dict(blt)
+    missing.pop("local_decoder.norm.weight")
+    with pytest.raises(ValueError, match="missing 'local_decoder.norm.weight'"):
+        ri.blt_params_from_state_dict(missing, cfg)
+    extra = dict(blt, **{"local_encoder.bogus.weight": np.zeros(3)})
+    with pytest.raises(ValueError, match="no place in the config"):
+        ri.blt_params_from_state_dict(extra, cfg)
+    wrong = dict(params["model"], dim_global=64)
+    with pytest.raises(ValueError, match="shape"):
+        ri.blt_params_from_state_dict(blt, ri.blt_config_from_reference(wrong, {}))
+    with pytest.raises(ValueError, match="neither params.json"):
+        ri.import_reference(str(tmp_path), str(tmp_path / "o"))
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        ri.import_reference(str(REF), str(occupied), str(REF_ENT))
+    assert (occupied / "keep.txt").read_text() == "x"
+    with pytest.raises(ValueError, match="pass --entropy"):
+        ri.import_reference(str(REF), str(tmp_path / "o2"))
+    copy = tmp_path / "refcopy"
+    shutil.copytree(REF, copy)
+    p = json.loads((copy / "params.json").read_text())
+    p["model"]["cross_attn_window_encoder"] = 512
+    (copy / "params.json").write_text(json.dumps(p))
+    with pytest.raises(ValueError, match="windowed cross-attention"):
+        ri.import_reference(str(copy), str(tmp_path / "o3"), str(REF_ENT))
+
+
+def test_cli_import_reference(tmp_path):
+    from blt_jax.tools import cli
+    out = tmp_path / "w"
+    assert cli.main(["import-reference", "--blt", str(REF), "--entropy", str(REF_ENT),
+                     "--out", str(out)]) == 0
+    assert (out / "config.json").exists() and (out / "entropy_model" / "config.json").exists()
+    assert cli.main(["import-reference", "--blt", str(REF), "--out", str(tmp_path / "x")]) == 2
