@@ -32,10 +32,11 @@ def patching_config(mode: str = "global", threshold: float = patching.DEFAULT_TH
     return c
 
 
-def patching_rule(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Keyword arguments for blt_jax.text.patching from a patching config."""
-    return dict(mode=cfg.mode, threshold=cfg.threshold, threshold_add=cfg.threshold_add,
-                max_patch_length=cfg.max_patch_length, patch_size=cfg.patch_size)
+def patching_rule(cfg: ml_collections.ConfigDict) -> patching.PatchRule:
+    """The validated patching rule of a patching config (ValueError naming a bad field)."""
+    return patching.PatchRule(mode=cfg.mode, threshold=cfg.threshold,
+                              threshold_add=cfg.threshold_add,
+                              max_patch_length=cfg.max_patch_length, patch_size=cfg.patch_size)
 
 
 def _common(**kw: Any) -> dict[str, Any]:
@@ -264,7 +265,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _need(cfg.hash_row_multiple >= 1, "hash_row_multiple", "must be >= 1 (1 = no padding)")
     _need(cfg.global_attention in ("causal", "block_causal"), "global_attention",
           "must be 'causal' or 'block_causal'")
-    patching.check_rule(**patching_rule(cfg.patching))
+    patching_rule(cfg.patching)
     return cfg
 
 

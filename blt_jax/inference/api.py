@@ -50,7 +50,7 @@ class Model:
             ent_dir = self.workdir / self.config.entropy.workdir
             self.entropy_model = Model(ent_dir, mesh=mesh)
         self.patching_rule = config.patching_rule(self.model_config.patching) \
-            if self.kind == "blt" else {}
+            if self.kind == "blt" else None
         self.tokenizer = None
         if self.kind == "bpe":
             from blt_jax.text import bpe
@@ -80,8 +80,8 @@ class Model:
         if self.kind != "blt":
             raise ValueError(f"patch_lengths: a {self.kind} model has no patches")
         ids = np.atleast_2d(np.asarray(ids, np.int32))
-        h = self.entropies(ids) if self.patching_rule["mode"] in patching.ENTROPY_MODES else None
-        return patching.patch_lengths(ids, h, include_next=include_next, **self.patching_rule)
+        h = self.entropies(ids) if self.patching_rule.needs_entropies else None
+        return patching.patch_lengths(ids, h, self.patching_rule, include_next=include_next)
 
     def logits(self, ids: Any, patch_lengths: Any = None) -> np.ndarray:
         """(B, N, V) float32 logits; BLT patches come from its entropy model unless given."""

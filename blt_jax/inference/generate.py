@@ -169,7 +169,7 @@ class Generator:
 
     @functools.lru_cache(maxsize=16)
     def _compiled(self, b: int, n: int, total: int, opts: Options, chunk: int,
-                  rule: tuple, record: bool) -> tuple:
+                  rule: patching.PatchRule | None, record: bool) -> tuple:
         # BLT stops inside the loop; BPE token boundaries need not align with a stop string,
         # so its stop strings are applied to the decoded bytes afterwards.
         stops = _stop_arrays(opts.stop, lambda s: self.encode(s)[1:]) if self.kind == "blt" \
@@ -178,12 +178,10 @@ class Generator:
         loaded = self.loaded
         e_params = loaded.entropy_model.params if loaded.entropy_model is not None else None
 
-        rule_d = dict(rule)
-
         def prefill(params: Any, e_params: Any, prompt: jax.Array, n_B: jax.Array) -> Carry:
             m, e = self._models(params, e_params)
             if self.kind == "blt":
-                state = BltGenerator(m, e, rule_d, total).prefill(prompt, n_B)
+                state = BltGenerator(m, e, rule, total).prefill(prompt, n_B)
             else:
                 state = token_prefill(m, prompt, n_B, total)
             hist = jnp.zeros((b, opts.max_new, state.logits.shape[-1]), jnp.float32) \
@@ -194,7 +192,7 @@ class Generator:
         def run(params: Any, e_params: Any, carry: Carry) -> Carry:
             m, e = self._models(params, e_params)
             if self.kind == "blt":
-                gen = BltGenerator(m, e, rule_d, total)
+                gen = BltGenerator(m, e, rule, total)
                 step, pad = gen.step, gen.pad
             else:
                 step, pad = functools.partial(token_step, m), 0
@@ -225,9 +223,8 @@ class Generator:
         for i, r in enumerate(rows):
             prompt[i, : len(r)] = r
         n_B = np.array([len(r) for r in rows], np.int32)
-        rule = tuple(sorted(self.loaded.patching_rule.items()))
-        prefill, run, e_params = self._compiled(b, n_bucket, total, opts,
-                                                min(chunk, opts.max_new), rule, record_logits)
+        prefill, run, e_params = self._compiled(b, n_bucket, total, opts, min(chunk, opts.max_new),
+                                                self.loaded.patching_rule, record_logits)
         params = self.loaded.params
         carry = prefill(params, e_params, prompt, n_B)
         n_closed0 = np.asarray(carry.state.n_closed) if self.kind == "blt" else None

@@ -20,8 +20,7 @@ from blt_jax.model import attention
 from blt_jax.inference import kv_cache
 from blt_jax.text import patching
 from blt_jax.model.local_encoder import hash_bucket_ids
-from blt_jax.text.patching import _spacelike
-from blt_jax.text.tokenizer import BPE_DELIM_ID, EOS_ID, OFFSET
+from blt_jax.text.tokenizer import EOS_ID
 from blt_jax.model.transformer import entropy_from_logits
 
 _NEG = -jnp.inf
@@ -57,43 +56,17 @@ def _take(x_BxN: jax.Array, i_B: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x_BxN, i_B.reshape((-1, 1) + (1,) * (x_BxN.ndim - 2)), axis=1)[:, 0]
 
 
-def _rule_start(rule: dict[str, Any], q_B: jax.Array, h_B: jax.Array, h_prev_B: jax.Array,
-                x_B: jax.Array, x_prev_B: jax.Array) -> jax.Array:
-    """Does position q open a patch by the rule (before max_patch_length splits)?
-
-    h = H[q-1], h_prev = H[q-2], x = ids[q-1], x_prev = ids[q-2] (the same reads as
-    patching.start_mask, one position at a time)."""
-    mode, th = rule["mode"], rule["threshold"]
-    if mode == "global":
-        return (q_B < 2) | (h_B > th)
-    if mode == "monotonic":
-        return (q_B < 3) | (h_B - h_prev_B > th)
-    if mode == "combined":
-        return (q_B < 3) | ((q_B >= 4) & (h_B > th) & (h_B - h_prev_B > rule["threshold_add"]))
-    if mode == "space":
-        sl, sl_prev = _spacelike(jnp, x_B), _spacelike(jnp, x_prev_B) | (q_B < 2)
-        return (q_B < 2) | (x_B < OFFSET) | (sl & ~sl_prev)
-    if mode == "bpe":
-        return (q_B < 2) | (x_B == BPE_DELIM_ID)
-    if mode == "byte":
-        return jnp.ones_like(q_B, bool)
-    if mode == "static":
-        return (q_B == 0) | ((q_B - 1) % int(rule["patch_size"]) == 0)
-    raise ValueError(f"mode: unknown patching mode {mode!r}")
-
-
 class BltGenerator:
     """Prefill and step functions for one BLT + entropy model (pure; jitted by the caller)."""
 
-    def __init__(self, model: Any, entropy_model: Any, rule: dict[str, Any], total: int):
+    def __init__(self, model: Any, entropy_model: Any, rule: patching.PatchRule, total: int):
         self.m, self.e, self.rule, self.total = model, entropy_model, rule, total
         cfg = model.cfg
         self.cfg = cfg
         self.window = cfg.local_attention_window_len
         self.k = cfg.cross_attn_k
-        self.needs_entropy = rule["mode"] in patching.ENTROPY_MODES
-        if self.needs_entropy and entropy_model is None:
-            raise ValueError(f"entropy_model: patching mode {rule['mode']!r} needs one")
+        if rule.needs_entropies and entropy_model is None:
+            raise ValueError(f"entropy_model: patching mode {rule.mode!r} needs one")
         self.pad = max(tuple(cfg.encoder_hash_byte_group_size) or (1,))
 
     # -- prefill ---------------------------------------------------------------------------
@@ -108,7 +81,7 @@ class BltGenerator:
             e_logits, ent_caches = kv_cache.transformer_prefill(
                 self.e, prompt_BxN, n_B, min(self.e.cfg.window, total))
             h_BxN = entropy_from_logits(e_logits)
-        buf = patching.patch_buffer(p_max=n + 1, ids=prompt_BxN, entropies=h_BxN, **rule)
+        buf = patching.patch_buffer(p_max=n + 1, ids=prompt_BxN, entropies=h_BxN, rule=rule)
         sink: dict = {}
         logits = m(prompt_BxN, buf.lengths, sink=sink)
         seg = attention.segments_from_eos(prompt_BxN, EOS_ID)
@@ -122,10 +95,8 @@ class BltGenerator:
         starts = jnp.cumsum(buf.lengths, axis=-1) - buf.lengths  # (B, P) start positions
         next_start = _take(starts, p_virtual) == n_B  # position n_b opens a new patch
         patch_start = jnp.where(next_start, n_B, _take(starts, p_virtual))
-        unsplit = dict(rule, max_patch_length=None)
-        orig = patching.start_mask(jnp, mode=rule["mode"], length=n, include_next=True,
-                                   ids=prompt_BxN, entropies=h_BxN, batch=b, **{
-                                       k: v for k, v in unsplit.items() if k != "mode"})
+        orig = patching.start_mask(jnp, rule.replace(max_patch_length=None), length=n,
+                                   include_next=True, ids=prompt_BxN, entropies=h_BxN, batch=b)
         pos_T = jnp.arange(n + 1)[None, :]
         orig_start = jnp.max(jnp.where(orig & (pos_T < n_B[:, None]), pos_T, 0), axis=-1)
         next_orig = _take(orig, n_B)
@@ -212,12 +183,9 @@ class BltGenerator:
                 c += 1
         # 4. does t + 1 open a patch? then the open patch [patch_start, t] closes now
         q = t + 1
-        orig = _rule_start(rule, q, h, s.h_last, x_B, x_prev)
-        split = jnp.zeros_like(orig)
-        if rule.get("max_patch_length"):
-            off = q - jnp.where(orig, q, orig_start)
-            split = ~orig & (off > 0) & (off % int(rule["max_patch_length"]) == 0)
-        close = (orig | split) & ~s.done
+        orig = patching.rule_starts(rule, jnp, q, h1=h, h2=s.h_last, x1=x_B, x2=x_prev)
+        starts = patching.split_long(rule, orig, q - jnp.where(orig, q, orig_start))
+        close = starts & ~s.done
         state = s._replace(ids=ids, patch_start=patch_start, orig_start=orig_start, pool=pool,
                            open_eos=open_eos, ent=ent, enc=enc, cross_k=cross_k,
                            cross_v=cross_v)
@@ -242,7 +210,7 @@ class BltGenerator:
         logits = dm.logits(hd[:, None])[:, 0]
         state = state._replace(
             length=t + 1, logits=logits, seg=seg + (x_B == EOS_ID), h_last=h,
-            next_start=orig | split, next_orig=orig, dec=dec)
+            next_start=starts, next_orig=orig, dec=dec)
         return state, close
 
     def _close(self, s: BltState, close_B: jax.Array, t_B: jax.Array) -> BltState:

@@ -7,7 +7,7 @@ patches inside the same jit with a frozen entropy model and the static patch buf
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -98,22 +98,22 @@ class BLT(nnx.Module):
         return logits
 
 
-def patch_from_ids(rule: dict[str, Any], entropy_model: Transformer | None, ids_BxN: jax.Array,
-                   p_max: int) -> patching.PatchBuffer:
+def patch_from_ids(rule: patching.PatchRule, entropy_model: Transformer | None,
+                   ids_BxN: jax.Array, p_max: int) -> patching.PatchBuffer:
     """Static-shape patches for ids; entropy modes run the (frozen) entropy model in-graph."""
     h = None
-    if rule["mode"] in patching.ENTROPY_MODES:
+    if rule.needs_entropies:
         if entropy_model is None:
-            raise ValueError(f"entropy_model: patching mode {rule['mode']!r} needs one")
+            raise ValueError(f"entropy_model: patching mode {rule.mode!r} needs one")
         h = jax.lax.stop_gradient(entropies(entropy_model, ids_BxN))
-    return patching.patch_buffer(p_max=p_max, ids=ids_BxN, entropies=h, **rule)
+    return patching.patch_buffer(p_max=p_max, ids=ids_BxN, entropies=h, rule=rule)
 
 
 def forward_from_ids(model: BLT, entropy_model: Transformer | None, ids_BxN: jax.Array,
-                     p_max: int, rule: dict[str, Any] | None = None
+                     p_max: int, rule: patching.PatchRule | Mapping[str, Any] | None = None
                      ) -> tuple[jax.Array, patching.PatchBuffer]:
     """Patch with the model's rule (or `rule`) inside the same graph, then run the BLT."""
     check_inputs(ids_BxN)
-    buf = patch_from_ids(rule or config.patching_rule(model.cfg.patching), entropy_model, ids_BxN,
-                         p_max)
+    rule = patching.as_rule(rule) if rule is not None else config.patching_rule(model.cfg.patching)
+    buf = patch_from_ids(rule, entropy_model, ids_BxN, p_max)
     return model(ids_BxN, buf.lengths), buf

@@ -81,11 +81,11 @@ def _patch_lengths(loaded: Any, ids: list[int]) -> np.ndarray:
     """Host patching of exactly these ids (include-next), entropies of this row alone."""
     arr = np.asarray(ids, np.int32)
     h = None
-    if loaded.patching_rule["mode"] in patching.ENTROPY_MODES:
+    if loaded.patching_rule.needs_entropies:
         row = np.zeros((1, _pad_to(len(ids))), np.int32)
         row[0, : len(ids)] = arr
         h = loaded.entropies(row)[0, : len(ids)]
-    return patching.patch_lengths(arr, h, include_next=True, **loaded.patching_rule)
+    return patching.patch_lengths(arr, h, loaded.patching_rule, include_next=True)
 
 
 def _closed_patches(loaded: Any, ids: list[int]) -> int:

@@ -1,9 +1,11 @@
 """Patchers: where patches start (spec §3).
 
-Every rule is written once as a start mask over positions ``0..T-1`` (``T = L + 1`` with the
-virtual next-byte position, ``include_next=True``; ``T = L`` otherwise) and evaluated either with
-numpy (host: data pipelines, test oracle, variable-width output) or with jax.numpy inside jit
-(device: a static ``P_max``-wide buffer, see :func:`patch_buffer`).
+A rule is a frozen :class:`PatchRule`. Every rule is written once, position by position
+(:func:`rule_starts`), and evaluated as a start mask over positions ``0..T-1`` (``T = L + 1`` with
+the virtual next-byte position, ``include_next=True``; ``T = L`` otherwise) either with numpy
+(host: data pipelines, test oracle, variable-width output) or with jax.numpy inside jit (device:
+a static ``P_max``-wide buffer, see :func:`patch_buffer`), or one position at a time by the
+incremental decoder.
 
 Rules (``H`` entropies in nats, ``ids`` BLT ids; position ``p`` starts a patch iff):
 
@@ -30,8 +32,9 @@ ever dropped. The number of dropped starts is reported as ``overflow``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +65,51 @@ def check_rule(mode: str, threshold: float | None = DEFAULT_THRESHOLD,
         raise ValueError(f"max_patch_length: must be >= 1 or None, got {max_patch_length}")
     if mode == "static" and (patch_size is None or int(patch_size) != patch_size or patch_size < 1):
         raise ValueError(f"patch_size: static patching needs a whole number >= 1, got {patch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchRule:
+    """One patching rule: a mode of :data:`MODES` and its parameters, validated when made.
+
+    Frozen and hashable, so jit and compile caches key on it. It also reads as a mapping
+    (``rule["mode"]``, ``dict(rule)``, ``**rule``) for code written against the old dict form.
+    """
+
+    mode: str = "global"
+    threshold: float | None = DEFAULT_THRESHOLD
+    threshold_add: float | None = None
+    max_patch_length: int | None = None
+    patch_size: float | None = 4.5
+
+    def __post_init__(self) -> None:
+        check_rule(self.mode, self.threshold, self.threshold_add, self.max_patch_length,
+                   self.patch_size)
+
+    @property
+    def needs_entropies(self) -> bool:
+        """Entropy modes read the entropy model's scores; the others read ids only."""
+        return self.mode in ENTROPY_MODES
+
+    def replace(self, **fields: Any) -> PatchRule:
+        return dataclasses.replace(self, **fields)
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self))
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+
+def as_rule(rule: PatchRule | Mapping[str, Any] | None = None, **fields: Any) -> PatchRule:
+    """A PatchRule from a rule (or a mapping of its fields), keyword fields overriding it."""
+    merged = dict(rule or {})
+    merged.update(fields)
+    return PatchRule(**merged)
 
 
 def _as_rows(name: str, arr: Any, dtype: Any) -> tuple[np.ndarray, bool]:
@@ -100,10 +148,42 @@ def _shift_right(xp: Any, x: Any, n: int, fill: Any) -> Any:
     return xp.concatenate([pad, x[..., : x.shape[-1] - n]], axis=-1)
 
 
-def start_mask(xp: Any, *, mode: str, length: int, include_next: bool, ids: Any = None,
-               entropies: Any = None, threshold: float | None = DEFAULT_THRESHOLD,
-               threshold_add: float | None = None, max_patch_length: int | None = None,
-               patch_size: float | None = 4.5, batch: int = 1) -> Any:
+def rule_starts(rule: PatchRule, xp: Any, pos: Any, h1: Any = None, h2: Any = None,
+                x1: Any = None, x2: Any = None) -> Any:
+    """Does position `pos` open a patch by the rule itself (before max_patch_length splits)?
+
+    The one statement of every rule, read only from what precedes `pos`: h1 = H[pos-1],
+    h2 = H[pos-2], x1 = ids[pos-1], x2 = ids[pos-2] (any value where pos is too small to have
+    them). :func:`start_mask` evaluates it over whole rows, incremental decoding per position.
+    """
+    mode, th = rule.mode, rule.threshold
+    if mode == "global":
+        return (pos < 2) | (h1 > th)
+    if mode == "monotonic":
+        return (pos < 3) | (h1 - h2 > th)
+    if mode == "combined":
+        return (pos < 3) | ((pos >= 4) & (h1 > th) & (h1 - h2 > rule.threshold_add))
+    if mode == "space":
+        sl1, sl2 = _spacelike(xp, x1), _spacelike(xp, x2) | (pos < 2)
+        return (pos < 2) | (x1 < OFFSET) | (sl1 & ~sl2)
+    if mode == "bpe":
+        return (pos < 2) | (x1 == BPE_DELIM_ID)
+    if mode == "byte":
+        return pos >= 0
+    if mode == "static":
+        return (pos == 0) | ((pos - 1) % int(rule.patch_size) == 0)
+    raise ValueError(f"mode: unknown patching mode {mode!r}")
+
+
+def split_long(rule: PatchRule, starts: Any, offset: Any) -> Any:
+    """Adds the max_patch_length starts: `offset` is the distance to the last rule start."""
+    if rule.max_patch_length is None:
+        return starts
+    return starts | ((offset > 0) & (offset % int(rule.max_patch_length) == 0))
+
+
+def start_mask(xp: Any, rule: PatchRule, *, length: int, include_next: bool, ids: Any = None,
+               entropies: Any = None, batch: int = 1) -> Any:
     """Boolean (B, T) mask of patch starts. Inputs are (B, L); `xp` is numpy or jax.numpy."""
     t_len = length + 1 if include_next else length
     pos = xp.arange(t_len)[None, :]
@@ -113,33 +193,16 @@ def start_mask(xp: Any, *, mode: str, length: int, include_next: bool, ids: Any 
         x_t = xp.concatenate([x, xp.full(x.shape[:-1] + (1,), fill, x.dtype)], axis=-1)[..., :t_len]
         return _shift_right(xp, x_t, k, fill)
 
-    if mode in ENTROPY_MODES:
+    reads: dict[str, Any] = {}
+    if rule.needs_entropies:
         h = entropies.astype(xp.float32)
-        h1 = prev(h, 1, xp.float32(0))
-        d1 = h1 - prev(h, 2, xp.float32(0))
-        if mode == "global":
-            starts = (pos < 2) | (h1 > threshold)
-        elif mode == "monotonic":
-            starts = (pos < 3) | (d1 > threshold)
-        else:
-            starts = (pos < 3) | ((pos >= 4) & (h1 > threshold) & (d1 > threshold_add))
-    elif mode == "space":
-        sl = _spacelike(xp, ids)
-        ends = (ids < OFFSET) | (sl & ~_shift_right(xp, sl, 1, True))
-        starts = (pos < 2) | prev(ends, 1, False)
-    elif mode == "bpe":
-        starts = (pos < 2) | prev(ids == BPE_DELIM_ID, 1, False)
-    elif mode == "byte":
-        starts = pos >= 0
-    elif mode == "static":
-        starts = (pos == 0) | ((pos - 1) % int(patch_size) == 0)
-    else:
-        raise ValueError(f"mode: unknown patching mode {mode!r}")
-    starts = xp.broadcast_to(starts, (batch, t_len))
-    if max_patch_length is not None:
-        last_start = _cummax(xp, xp.where(starts, pos, 0))
-        offset = pos - last_start
-        starts = starts | ((offset > 0) & (offset % int(max_patch_length) == 0))
+        reads.update(h1=prev(h, 1, xp.float32(0)), h2=prev(h, 2, xp.float32(0)))
+    if ids is not None:
+        fill = xp.zeros((), ids.dtype)
+        reads.update(x1=prev(ids, 1, fill), x2=prev(ids, 2, fill))
+    starts = xp.broadcast_to(rule_starts(rule, xp, pos, **reads), (batch, t_len))
+    if rule.max_patch_length is not None:
+        starts = split_long(rule, starts, pos - _cummax(xp, xp.where(starts, pos, 0)))
     return starts
 
 
@@ -157,16 +220,18 @@ def lengths_from_starts(starts: np.ndarray) -> np.ndarray:
     return out
 
 
-def patch_lengths(ids: Any = None, entropies: Any = None, *, mode: str = "global",
-                  threshold: float | None = DEFAULT_THRESHOLD, threshold_add: float | None = None,
-                  include_next: bool = True, max_patch_length: int | None = None,
-                  patch_size: float | None = 4.5) -> np.ndarray:
-    """Host patcher for any mode. 1-D input -> 1-D lengths; 2-D -> (B, P) zero-padded."""
-    check_rule(mode, threshold, threshold_add, max_patch_length, patch_size)
+def patch_lengths(ids: Any = None, entropies: Any = None, rule: PatchRule | None = None, *,
+                  include_next: bool = True, **fields: Any) -> np.ndarray:
+    """Host patcher for any rule. 1-D input -> 1-D lengths; 2-D -> (B, P) zero-padded.
+
+    The rule is a :class:`PatchRule` or its fields as keywords (``mode="space"``, ...), which
+    also override a given rule.
+    """
+    rule = as_rule(rule, **fields)
     h = one_d = None
-    if mode in ENTROPY_MODES:
+    if rule.needs_entropies:
         if entropies is None:
-            raise ValueError(f"entropies: mode {mode!r} needs entropies")
+            raise ValueError(f"entropies: mode {rule.mode!r} needs entropies")
         h, one_d = _as_rows("entropies", entropies, np.float32)
         _check_entropies(h)
     ref = None
@@ -175,14 +240,13 @@ def patch_lengths(ids: Any = None, entropies: Any = None, *, mode: str = "global
         one_d = one_d_ids if one_d is None else one_d
         if h is not None and h.shape != ref.shape:
             raise ValueError(f"ids: shape {ref.shape} differs from entropies {h.shape}")
-    elif mode in ("space", "bpe"):
-        raise ValueError(f"ids: mode {mode!r} needs ids")
+    elif rule.mode in ("space", "bpe"):
+        raise ValueError(f"ids: mode {rule.mode!r} needs ids")
     shape = (h if h is not None else ref).shape if (h is not None or ref is not None) else None
     if shape is None:
         raise ValueError("ids: give ids (or entropies) so the row length is known")
-    starts = start_mask(np, mode=mode, length=shape[1], include_next=include_next, ids=ref,
-                        entropies=h, threshold=threshold, threshold_add=threshold_add,
-                        max_patch_length=max_patch_length, patch_size=patch_size, batch=shape[0])
+    starts = start_mask(np, rule, length=shape[1], include_next=include_next, ids=ref,
+                        entropies=h, batch=shape[0])
     out = lengths_from_starts(starts)
     return out[0] if one_d else out
 
@@ -221,9 +285,9 @@ def threshold_for_target_patch_size(entropies: Sequence[Any] | np.ndarray, targe
     n_bytes = sum(d.size for d in docs)
 
     def mean_size(theta: float) -> float:
-        n = sum(int(start_mask(np, mode=mode, length=d.size, include_next=False, entropies=d[None],
-                               threshold=theta, max_patch_length=max_patch_length).sum())
-                for d in docs)
+        rule = PatchRule(mode, threshold=theta, max_patch_length=max_patch_length)
+        n = sum(int(start_mask(np, rule, length=d.size, include_next=False,
+                               entropies=d[None]).sum()) for d in docs)
         return n_bytes / n
 
     if mode == "global":
@@ -274,21 +338,22 @@ def patch_ids_from_lengths(lengths_BxP: jax.Array, n: int) -> tuple[jax.Array, j
 
 
 def patch_buffer(*, p_max: int, ids: jax.Array | None = None, entropies: jax.Array | None = None,
-                 mode: str = "global", threshold: float | None = DEFAULT_THRESHOLD,
-                 threshold_add: float | None = None, max_patch_length: int | None = None,
-                 patch_size: float | None = 4.5) -> PatchBuffer:
-    """Device patcher: (B, N) ids/entropies -> :class:`PatchBuffer` (jit-able, static shapes)."""
-    check_rule(mode, threshold, threshold_add, max_patch_length, patch_size)
+                 rule: PatchRule | None = None, **fields: Any) -> PatchBuffer:
+    """Device patcher: (B, N) ids/entropies -> :class:`PatchBuffer` (jit-able, static shapes).
+
+    The rule is a :class:`PatchRule` or its fields as keywords, as in :func:`patch_lengths`.
+    """
+    rule = as_rule(rule, **fields)
     _check_p_max(p_max)
-    ref = entropies if mode in ENTROPY_MODES else ids
+    ref = entropies if rule.needs_entropies else ids
     if ref is None:
-        raise ValueError(f"{'entropies' if mode in ENTROPY_MODES else 'ids'}: needed by mode {mode!r}")
+        raise ValueError(f"{'entropies' if rule.needs_entropies else 'ids'}: needed by mode "
+                         f"{rule.mode!r}")
     if ref.ndim != 2:
         raise ValueError(f"ids/entropies: expected (B, N) arrays, got shape {ref.shape}")
     b, n = ref.shape
-    starts_BxT = start_mask(jnp, mode=mode, length=n, include_next=True, ids=ids,
-                            entropies=entropies, threshold=threshold, threshold_add=threshold_add,
-                            max_patch_length=max_patch_length, patch_size=patch_size, batch=b)
+    starts_BxT = start_mask(jnp, rule, length=n, include_next=True, ids=ids, entropies=entropies,
+                            batch=b)
     rank_BxT = jnp.cumsum(starts_BxT, axis=-1) - 1
     keep_BxT = starts_BxT & (rank_BxT < p_max)
     pos_T = jnp.arange(n + 1, dtype=jnp.int32)

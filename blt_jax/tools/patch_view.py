@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from blt_jax import config
 from blt_jax.text import patching, tokenizer
 
 
@@ -36,24 +35,21 @@ def show_patches(ids: np.ndarray, lengths: np.ndarray) -> str:
 def run(*, text: bytes, mode: str | None, threshold: float | None, max_patch_length: int | None,
         patch_size: float, workdir: str | None, plot: str | None) -> str:
     ids = tokenizer.encode(text, bos=True, eos=False)
-    entropies, rule = None, {}
+    entropies, base = None, None
     if workdir is not None:
         from blt_jax.inference import api
 
         model = api.load(workdir)
         entropies = np.asarray(model.entropies(ids[None]))[0]
         # an entropy model alone patches by the global rule (reference default threshold)
-        rule = dict(model.patching_rule) if model.kind == "blt" else \
-            config.patching_rule(config.patching_config())
-    mode = mode or rule.get("mode") or "space"
-    rule.update(mode=mode, patch_size=patch_size)
-    if threshold is not None:
-        rule["threshold"] = threshold
-    if max_patch_length is not None:
-        rule["max_patch_length"] = max_patch_length
+        base = model.patching_rule or patching.PatchRule()
+    mode = mode or (base.mode if base is not None else "space")
     if mode in patching.ENTROPY_MODES and entropies is None:
         raise ValueError(f"mode: entropy patching ({mode!r}) needs --workdir with a trained model")
-    lengths = patching.patch_lengths(ids, entropies, include_next=False, **rule)
+    fields = {k: v for k, v in (("threshold", threshold), ("max_patch_length", max_patch_length))
+              if v is not None}
+    rule = patching.as_rule(base, mode=mode, patch_size=patch_size, **fields)
+    lengths = patching.patch_lengths(ids, entropies, rule, include_next=False)
     n = int((lengths > 0).sum())
     lines = [show_patches(ids, lengths),
              f"{len(ids)} ids (BOS + {len(ids) - 1} bytes), {n} patches, "
@@ -63,6 +59,6 @@ def run(*, text: bytes, mode: str | None, threshold: float | None, max_patch_len
             raise ValueError("plot: the entropy figure needs --workdir with a trained model")
         from blt_jax.evaluation import figures
 
-        figures.entropy_figure(ids, entropies, lengths, rule.get("threshold"), plot)
+        figures.entropy_figure(ids, entropies, lengths, rule.threshold, plot)
         lines.append(f"figure written to {plot}")
     return "\n".join(lines)

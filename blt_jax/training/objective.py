@@ -19,7 +19,7 @@ from blt_jax.model.blt import patch_from_ids
 LN2 = math.log(2.0)
 
 
-def patches_for(batch: dict[str, jax.Array], rule: dict[str, Any], entropy_model: Any,
+def patches_for(batch: dict[str, jax.Array], rule: patching.PatchRule, entropy_model: Any,
                 p_max: int) -> patching.PatchBuffer:
     """Given patch lengths, else stored entropies (preprocessed data), else the entropy model.
 
@@ -31,14 +31,14 @@ def patches_for(batch: dict[str, jax.Array], rule: dict[str, Any], entropy_model
         patch_ids, decoder_ids = patching.patch_ids_from_lengths(lengths, batch["ids"].shape[1])
         return patching.PatchBuffer(lengths, patch_ids, decoder_ids,
                                     jnp.zeros(lengths.shape[:1], jnp.int32))
-    if "entropies" in batch and rule["mode"] in patching.ENTROPY_MODES:
+    if "entropies" in batch and rule.needs_entropies:
         return patching.patch_buffer(p_max=p_max, ids=batch["ids"], entropies=batch["entropies"],
-                                     **rule)
+                                     rule=rule)
     return patch_from_ids(rule, entropy_model, batch["ids"], p_max)
 
 
 def sums(model: Any, batch: dict[str, jax.Array], *, kind: str, entropy_model: Any = None,
-         p_max: int = 0, rule: dict[str, Any] | None = None) -> dict[str, jax.Array]:
+         p_max: int = 0, rule: patching.PatchRule | None = None) -> dict[str, jax.Array]:
     """Summed nll over masked targets and the counts that normalise it."""
     ids, targets, mask = batch["ids"], batch["targets"], batch["mask"]
     out: dict[str, jax.Array] = {}

@@ -63,25 +63,24 @@ def compare(model, prompts, opts):
 @pytest.mark.parametrize("mode", [pytest.param(m, marks=() if m in FAST else pytest.mark.slow)
                                   for m in RULES])
 def test_incremental_equals_naive_on_every_patching_mode(blt_model, mode):
-    rule = dict(blt_model.patching_rule)
-    blt_model.patching_rule.update(RULES[mode](blt_model.median_entropy))
+    rule = blt_model.patching_rule
+    blt_model.patching_rule = rule.replace(**RULES[mode](blt_model.median_entropy))
     try:
         res = compare(blt_model, PROMPTS, generate.Options(max_new=24))
         # bpe patches only at delimiter id 3, which no byte prompt holds: equality is the check
         assert sum(res.latent_steps) > 0 or mode == "bpe"
     finally:
-        blt_model.patching_rule.clear()
-        blt_model.patching_rule.update(rule)
+        blt_model.patching_rule = rule
 
 
 def test_one_latent_step_per_closed_patch(blt_model):
-    rule = dict(blt_model.patching_rule)
-    blt_model.patching_rule.update(threshold=blt_model.median_entropy)
+    rule = blt_model.patching_rule
+    blt_model.patching_rule = rule.replace(threshold=blt_model.median_entropy)
     try:
         res = blt_model._generator.generate([b"Counting latent steps"],
                                             generate.Options(max_new=30))
     finally:
-        blt_model.patching_rule.update(rule)
+        blt_model.patching_rule = rule
     assert res.latent_runs == res.latent_steps[0] > 0  # batch of one: the latent ran per patch
     assert res.latent_steps[0] < 30  # ... and not per byte
 
