@@ -8,6 +8,7 @@ bench and paper shapes (spec §12); experiment files in experiments/ build on th
 from __future__ import annotations
 
 import ast
+import copy
 import importlib.util
 import pathlib
 from typing import Any, Callable
@@ -202,15 +203,35 @@ def tiny_experiment(kind: str) -> ml_collections.ConfigDict:
     blt_tiny's latent transformer has bpe_tiny's shape (64 wide, 2 layers, 4 heads): the paper's
     pairing of a BLT with the token model of the same latent architecture.
     """
-    preset = {"entropy": "entropy_tiny", "blt": "blt_tiny", "bpe": "bpe_tiny"}[kind]
+    preset, seq_len, entropy = _TINY[kind]
     c = experiment_config(kind, model_preset(preset))
-    c.data.update(seq_len=128 if kind == "bpe" else 256, batch_size=8, eval_batch_size=16)
+    c.data.update(seq_len=seq_len, batch_size=8, eval_batch_size=16)
     c.optim.update(lr=3e-3, warmup_steps=20, min_lr_ratio=0.1)
     c.train.update(steps=300, eval_every=300, eval_batches=0, log_every=10)
     c.checkpoint.every = 100
-    if kind == "blt":
-        c.entropy.update(target_bytes_per_patch=4.0, calibration_docs=64)
+    c.entropy.update(entropy)
     return c
+
+
+# kind -> (model preset, data.seq_len, entropy settings) of the tiny runs; the BLT calibrates its
+# threshold to 4 bytes/patch, the token baseline's rows are tokens (about 2 bytes each).
+_TINY: dict[str, tuple[str, int, dict[str, Any]]] = {
+    "entropy": ("entropy_tiny", 256, {}),
+    "blt": ("blt_tiny", 256, dict(target_bytes_per_patch=4.0, calibration_docs=64)),
+    "bpe": ("bpe_tiny", 128, {}),
+}
+
+
+def replaced(cfg: ml_collections.ConfigDict, fields: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A deep copy of cfg with dotted fields set (``{"data.p_max": 0}``); cfg is unchanged."""
+    out = copy.deepcopy(cfg)
+    for key, value in fields.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,12 +257,19 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _need(cfg.attention_impl in ("fast", "dense"), "attention_impl", "must be 'fast' or 'dense'")
     _need(cfg.local_attention_block >= 1, "local_attention_block", "must be >= 1")
     _need(cfg.attention_chunk >= 1, "attention_chunk", "must be >= 1")
-    if cfg.kind == "transformer":
-        _heads(cfg.dim, cfg.n_heads, cfg.n_kv_heads, "dim/n_heads")
-        _need(cfg.window is None or cfg.window >= 1, "window", "must be >= 1 or None")
-        _need(cfg.vocab_size >= 2, "vocab_size", "must be >= 2")
-        return cfg
-    _need(cfg.kind == "blt", "kind", f"'blt' or 'transformer', got {cfg.kind!r}")
+    check = _MODEL_CHECKS.get(cfg.kind)
+    _need(check is not None, "kind", f"'blt' or 'transformer', got {cfg.kind!r}")
+    check(cfg)
+    return cfg
+
+
+def _check_transformer(cfg: ml_collections.ConfigDict) -> None:
+    _heads(cfg.dim, cfg.n_heads, cfg.n_kv_heads, "dim/n_heads")
+    _need(cfg.window is None or cfg.window >= 1, "window", "must be >= 1 or None")
+    _need(cfg.vocab_size >= 2, "vocab_size", "must be >= 2")
+
+
+def _check_blt(cfg: ml_collections.ConfigDict) -> None:
     _need(cfg.vocab_size == VOCAB_SIZE, "vocab_size", f"BLT models use {VOCAB_SIZE} byte ids")
     _heads(cfg.dim_local_encoder, cfg.n_heads_local_encoder, cfg.n_kv_heads, "local encoder")
     _heads(cfg.dim_global, cfg.n_heads_global, cfg.n_kv_heads_global, "global")
@@ -266,7 +294,11 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _need(cfg.global_attention in ("causal", "block_causal"), "global_attention",
           "must be 'causal' or 'block_causal'")
     patching_rule(cfg.patching)
-    return cfg
+
+
+# model.kind -> its checks (the model-config vocabulary; run kinds live in model/kinds.py)
+_MODEL_CHECKS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
+    "transformer": _check_transformer, "blt": _check_blt}
 
 
 # ---------------------------------------------------------------------------------------------

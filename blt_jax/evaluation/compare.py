@@ -4,7 +4,7 @@ equal training FLOPs on the embedded corpus (`blt-jax compare`, experiments/comp
 Every model gets the same FLOP budget (paper formulas, model FLOPs; the entropy model's own
 training and its patching forward are reported separately). A BLT's steps follow from its
 expected bytes/patch on training rows (calibrated for entropy patching, measured for space,
-exact for static); the baseline's from its tokenizer's bytes/token. Each run evaluates at four
+exact for static); the baseline's from its FLOPs per token. Each run evaluates at four
 points for the BPB-vs-FLOPs curve; the final table scores the whole validation split with the
 same bytes for every model, plus the noised variants of the robustness suite.
 """
@@ -20,12 +20,12 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from blt_jax.inference import api
-from blt_jax.text import bpe, patching
 from blt_jax import config
+from blt_jax.evaluation import evaluate, robustness, tables
+from blt_jax.inference import api
+from blt_jax.model import kinds
 from blt_jax.pipeline import data
-from blt_jax.evaluation import evaluate, robustness
-from blt_jax.model import flops
+from blt_jax.text import patching
 from blt_jax.training import metrics, train
 
 
@@ -41,15 +41,6 @@ def _bytes_per_patch(run: ml_collections.ConfigDict) -> float:
     return float(rows.size / (lengths > 0).sum())
 
 
-def _steps(run: ml_collections.ConfigDict, budget: float, tok: bpe.BpeTokenizer | None) -> int:
-    n, b = run.data.seq_len, run.data.batch_size
-    if run.kind == "blt":
-        per_step = 3 * b * n * flops.blt_flops_per_byte(run.model, _bytes_per_patch(run), n)["blt"]
-    else:
-        per_step = 3 * b * n * flops.transformer_flops_per_token(run.model, n)
-    return max(4, round(budget / per_step))
-
-
 def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, log=print) -> dict[str, Any]:
     root = pathlib.Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
@@ -58,21 +49,17 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, log=print) 
     ent.train.update(steps=cfg.entropy_steps, eval_every=cfg.entropy_steps)
     log(f"[compare] entropy model ({cfg.entropy_steps} steps)")
     train.run(ent, root / "entropy")
-    tok = None
     runs: dict[str, ml_collections.ConfigDict] = {}
     for name, mode in (("blt_entropy", "global"), ("blt_space", "space"),
                        ("blt_static", "static"), ("bpe", None)):
         r = config.tiny_experiment("bpe" if mode is None else "blt")
+        bytes_per_patch = None
         if mode is not None:
             r.model.patching.update(mode=mode, patch_size=float(cfg.static_patch_size))
             r.entropy.workdir = str(root / "entropy")
             r.entropy.target_bytes_per_patch = float(cfg.target_bytes_per_patch)
-        elif not (root / name / bpe.FILE).exists():
-            (root / name).mkdir(parents=True, exist_ok=True)
-            bpe.train(data.documents(r.data, "train"), r.model.vocab_size).save(root / name)
-        if mode is None:
-            tok = bpe.load(root / name)
-        steps = _steps(r, float(cfg.train_flops), tok)
+            bytes_per_patch = _bytes_per_patch(r)
+        steps = kinds.steps_for_flops(r, float(cfg.train_flops), bytes_per_patch, minimum=4)
         r.train.update(steps=steps, eval_every=max(1, steps // cfg.curve_points),
                        eval_batches=cfg.curve_eval_batches, progress=cfg.progress)
         r.checkpoint.update(every=steps, keep_best=0)
@@ -127,24 +114,15 @@ def _curve(workdir: pathlib.Path) -> list[dict[str, float]]:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    head = ("| model | val BPB | bytes/patch (token) | training FLOPs | inference FLOPs/byte "
-            "(+entropy) | noised BPB (mean) | degradation |")
-    lines = [head, "|" + "---|" * 7]
+    rows = []
     for name, r in results.items():
         v, s, nz = r["val"], r["summary"], r.get("noise", {})
-        unit = v.get("bytes_per_patch") or v.get("bytes_per_token") or math.nan
         fl = f"{v['flops_per_byte']:.3g}"
         if "flops_per_byte_with_entropy" in v:
             fl += f" ({v['flops_per_byte_with_entropy']:.3g})"
-        lines.append(f"| {name} | {v['bpb']:.3f} | {unit:.2f} | {s['train_flops']:.3g} | {fl} | "
-                     f"{nz.get('noised_mean', math.nan):.3f} | "
-                     f"{nz.get('degradation_pct', math.nan):+.1f}% |")
-    return "\n".join(lines)
-
-
-def noise_detail(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r["noise"] for r in results.values() if "noise" in r]
-
-
-def curve_points(results: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {n: np.asarray(r["curve"]) for n, r in results.items()}
+        rows.append((name, f"{v['bpb']:.3f}", f"{tables.bytes_per_unit(v, v, math.nan):.2f}",
+                     f"{s['train_flops']:.3g}", fl, f"{nz.get('noised_mean', math.nan):.3f}",
+                     f"{nz.get('degradation_pct', math.nan):+.1f}%"))
+    return tables.render(("model", "val BPB", "bytes/patch (token)", "training FLOPs",
+                          "inference FLOPs/byte (+entropy)", "noised BPB (mean)", "degradation"),
+                         rows, markdown=True)

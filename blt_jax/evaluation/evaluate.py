@@ -17,28 +17,23 @@ BLT windows are patched exactly (a patch buffer of N + 1 slots, so no overflow m
 
 from __future__ import annotations
 
-import math
 import pathlib
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from blt_jax import config
 from blt_jax.inference import api
 from blt_jax.model import factory
 from blt_jax.pipeline import data
-from blt_jax.model import flops
 from blt_jax.scale import sharding
-from blt_jax.text import tokenizer
 from blt_jax.training.objective import LN2
+from blt_jax.training.scorer import Scorer
 
 
 def stream(model: api.Model, docs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]:
     """The model's id stream over `docs`, and the text bytes each id stands for (BPE only)."""
-    texts = [d[0] if isinstance(d, tuple) else d for d in docs]
-    if model.kind == "bpe":
-        pairs = [model.tokenizer.encode_document(t) for t in texts]
-        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
-    return np.concatenate([tokenizer.encode(t) for t in texts]), None
+    return model.codec.stream([d[0] if isinstance(d, tuple) else d for d in docs])
 
 
 def windows(ids: np.ndarray, nbytes: np.ndarray | None, n: int, stride: int | None,
@@ -75,23 +70,24 @@ def windows(ids: np.ndarray, nbytes: np.ndarray | None, n: int, stride: int | No
 
 def score(model: api.Model, docs: Sequence[Any], *, seq_len: int | None = None,
           stride: int | None = None, batch_size: int | None = None, max_batches: int | None = None,
-          mesh: Any = None, trainer: Any = None) -> dict[str, Any]:
-    """BPB and friends of a loaded model on `docs` under one context policy."""
-    from blt_jax.training.train import Trainer, frozen_of
+          mesh: Any = None, scorer: Scorer | None = None) -> dict[str, Any]:
+    """BPB and friends of a loaded model on `docs` under one context policy.
 
+    `scorer` replaces the one built from the model's config (the threshold sweep passes its
+    own); the model and its config are left as they are.
+    """
     cfg = model.config
     n = seq_len or cfg.data.seq_len
     bs = batch_size or cfg.data.eval_batch_size
-    if trainer is None:
-        mesh = mesh or sharding.make_mesh(tuple(cfg.mesh.shape))
-        cfg.data.seq_len = n
-        cfg.data.p_max = n + 1  # evaluation patches exactly: no buffer overflow
-        trainer = Trainer(cfg, mesh, frozen_of(model.entropy_model))
+    if scorer is None:
+        # evaluation patches exactly: a buffer of N + 1 slots never overflows
+        scorer = Scorer(config.replaced(cfg, {"data.seq_len": n, "data.p_max": n + 1}),
+                        mesh or sharding.make_mesh(tuple(cfg.mesh.shape)), patcher_of(model))
     ids, nbytes = stream(model, docs)
-    out = trainer.evaluate(model.params, data.take(windows(ids, nbytes, n, stride, bs),
-                                                   max_batches), bs)
+    out = scorer.evaluate(model.params, data.take(windows(ids, nbytes, n, stride, bs),
+                                                  max_batches), bs)
     n_bytes = out["eval_bytes"]
-    result = {"kind": model.kind, "documents": len(docs), "context": n,
+    result = {"kind": model.kind.name, "documents": len(docs), "context": n,
               "context_policy": "non-overlapping" if stride in (None, n) else f"sliding/{stride}",
               "bytes": n_bytes, "nats": out["eval_bpb"] * n_bytes * LN2, "bpb": out["eval_bpb"]}
     result.update(flops_per_byte(model, n, out.get("eval_bytes_per_patch"),
@@ -103,6 +99,11 @@ def score(model: api.Model, docs: Sequence[Any], *, seq_len: int | None = None,
     return result
 
 
+def patcher_of(model: api.Model) -> factory.Weights | None:
+    """The frozen entropy model a loaded BLT patches with (None: it patches without one)."""
+    return model.entropy_model.weights if model.entropy_model is not None else None
+
+
 def _bytes_per_token(ids: np.ndarray, nbytes: np.ndarray | None) -> float | None:
     return None if nbytes is None else float(nbytes.sum() / max(len(ids), 1))
 
@@ -110,17 +111,9 @@ def _bytes_per_token(ids: np.ndarray, nbytes: np.ndarray | None) -> float | None
 def flops_per_byte(model: api.Model, n_ctx: int, bytes_per_patch: float | None,
                    bytes_per_token: float | None) -> dict[str, float]:
     """Inference FLOPs per byte by the paper's formulas (BLT with and without its patcher)."""
-    cfg = model.model_config
-    if model.kind == "blt":
-        fl = flops.blt_flops_per_byte(cfg, bytes_per_patch or 1.0, n_ctx,
-                                      model.entropy_model.model_config
-                                      if model.entropy_model is not None else None)
-        return {"flops_per_byte": fl["blt"], "flops_per_byte_with_entropy": fl["total"]}
-    per_token = flops.transformer_flops_per_token(cfg, n_ctx)
-    if model.kind == "bpe":
-        return {"flops_per_byte": per_token / (bytes_per_token or 1.0),
-                "bytes_per_token": bytes_per_token}
-    return {"flops_per_byte": per_token}
+    patcher = patcher_of(model)
+    return model.kind.inference_flops(model.model_config, n_ctx, bytes_per_patch,
+                                      bytes_per_token, patcher.config if patcher else None)
 
 
 def evaluate_workdir(workdir: str | pathlib.Path, *, step: int | None = None,
@@ -131,12 +124,10 @@ def evaluate_workdir(workdir: str | pathlib.Path, *, step: int | None = None,
     cfg = factory.read_config(workdir)
     mesh = sharding.make_mesh(tuple(mesh_shape or cfg.mesh.shape))
     model = api.load(workdir, step, mesh=mesh)
-    if source is not None:
-        model.config.data.source = source
-    if path is not None:
-        model.config.data.path = path
-    docs = data.documents(model.config.data, split)
+    given = {"data.source": source, "data.path": path}
+    data_cfg = config.replaced(model.config, {k: v for k, v in given.items() if v is not None}).data
+    docs = data.documents(data_cfg, split)
     result = score(model, docs, seq_len=seq_len, stride=stride, max_batches=max_batches,
                    mesh=mesh)
     return {"workdir": str(workdir), "step": model.step, "split": split,
-            "source": model.config.data.source} | result
+            "source": data_cfg.source} | result

@@ -19,7 +19,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from blt_jax.inference import api
-from blt_jax.text import tokenizer
 
 
 def _chars(text: bytes) -> str:
@@ -120,10 +119,7 @@ def loglik(model: api.Model, prompts: Sequence[str], continuations: Sequence[str
 
 
 def _sequence_logprob(model: api.Model, text: bytes) -> float:
-    if model.kind == "bpe":
-        ids = model.tokenizer.encode_document(text)[0][:-1]
-    else:
-        ids = tokenizer.encode(text, bos=True, eos=False)
+    ids = model.codec.prompt(text)
     n = len(ids)
     width = max(16, -(-n // 16) * 16)
     row = np.zeros((1, width), np.int32)

@@ -11,37 +11,38 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Sequence
 
+from blt_jax import config
+from blt_jax.evaluation import evaluate
 from blt_jax.inference import api
 from blt_jax.pipeline import data
-from blt_jax.evaluation import evaluate
 from blt_jax.scale import sharding
+from blt_jax.training.scorer import Scorer
+from blt_jax.training.train import calibrate_threshold
 
 
 def run(workdir: str | pathlib.Path, *, thresholds: Sequence[float] = (),
         targets: Sequence[float] = (), split: str = "validation",
         max_batches: int | None = None, plot: str | None = None) -> list[dict[str, Any]]:
-    from blt_jax.training.train import Trainer, calibrate_threshold, frozen_of
-
     if not thresholds and not targets:
         raise ValueError("sweep: give --thresholds or --targets")
     model = api.load(workdir)
-    if model.kind != "blt" or model.entropy_model is None:
+    if model.entropy_model is None:  # only a BLT patching with an entropy model has one
         raise ValueError(f"workdir: {workdir} is not a BLT with an entropy model")
     base = model.config
     mesh = sharding.make_mesh(tuple(base.mesh.shape))
     docs = data.documents(base.data, split)
     points: list[tuple[float, float | None]] = [(float(t), None) for t in thresholds]
     for target in targets:
-        cfg = base.copy_and_resolve_references()
-        cfg.entropy.target_bytes_per_patch = float(target)
-        points.append((calibrate_threshold(cfg, model.entropy_model)["threshold"], float(target)))
+        cfg = config.replaced(base, {"entropy.target_bytes_per_patch": float(target)})
+        points.append((calibrate_threshold(cfg, model.entropy_model.entropies)["threshold"],
+                       float(target)))
     rows = []
     for theta, target in points:
-        cfg = base.copy_and_resolve_references()
-        cfg.model.patching.threshold = theta
-        cfg.data.p_max = cfg.data.seq_len + 1  # no overflow: every patch is real
-        trainer = Trainer(cfg, mesh, frozen_of(model.entropy_model))
-        r = evaluate.score(model, docs, max_batches=max_batches, trainer=trainer)
+        # no overflow: every patch is real
+        cfg = config.replaced(base, {"model.patching.threshold": theta,
+                                     "data.p_max": base.data.seq_len + 1})
+        scorer = Scorer(cfg, mesh, evaluate.patcher_of(model))
+        r = evaluate.score(model, docs, max_batches=max_batches, scorer=scorer)
         rows.append({"threshold": theta, "target_bytes_per_patch": target,
                      "bytes_per_patch": r["bytes_per_patch"], "bpb": r["bpb"],
                      "flops_per_byte": r["flops_per_byte"],

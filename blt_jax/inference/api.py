@@ -7,22 +7,12 @@ import pathlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from blt_jax.training import checkpoint
-from blt_jax import config
-from blt_jax.text import patching
-from blt_jax.scale import sharding
-from blt_jax.model.blt import BLT, check_inputs
+from blt_jax.model import factory, kinds
 from blt_jax.model.factory import build_model, read_config  # noqa: F401 (re-exported)
-from blt_jax.model.transformer import entropies
-
-
-def _bucket(n: int) -> int:
-    return max(2, 1 << (n - 1).bit_length())
+from blt_jax.text import patching
 
 
 class Model:
@@ -31,31 +21,21 @@ class Model:
     def __init__(self, workdir: str | pathlib.Path, step: int | None = None,
                  mesh: jax.sharding.Mesh | None = None):
         self.workdir = pathlib.Path(workdir)
-        self.config = read_config(workdir)
-        self.kind = self.config.kind
-        self.model_config = config.validate(self.config.model)
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: build_model(self.model_config)))
-        if mesh is not None:  # restore straight into this mesh's shards
-            shardings = sharding.state_shardings(abstract, mesh)
-        else:  # a whole copy on this process's first device (meaningful with many processes)
-            local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-            shardings = jax.tree.map(lambda _: local, abstract)
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                abstract, shardings)
-        params, self.step = checkpoint.restore_params(workdir, abstract, step)
-        self.graphdef, self.params = graphdef, params
-        self.module = nnx.merge(graphdef, params)
-        self.entropy_model: Model | None = None
-        if self.kind == "blt" and self.config.entropy.workdir:
-            ent_dir = self.workdir / self.config.entropy.workdir
-            self.entropy_model = Model(ent_dir, mesh=mesh)
-        self.patching_rule = config.patching_rule(self.model_config.patching) \
-            if self.kind == "blt" else None
-        self.tokenizer = None
-        if self.kind == "bpe":
-            from blt_jax.text import bpe
+        self.config, weights, self.step = factory.load_weights(workdir, step, mesh)
+        self.kind = kinds.of(self.config)
+        self.model_config = weights.config
+        self.graphdef, self.params = weights.graphdef, weights.params
+        self.module = nnx.merge(self.graphdef, self.params)
+        patcher_dir = self.kind.patcher_dir(self.config)
+        self.entropy_model: Model | None = \
+            Model(self.workdir / patcher_dir, mesh=mesh) if patcher_dir else None
+        self.patching_rule = self.kind.patch_rule(self.model_config)
+        self.codec = self.kind.codec(self.workdir)
+        self.tokenizer = self.codec.tokenizer  # the BPE tokenizer (None: byte ids)
 
-            self.tokenizer = bpe.load(self.workdir)
+    @property
+    def weights(self) -> factory.Weights:
+        return factory.Weights(self.graphdef, self.params, self.model_config)
 
     @functools.cached_property
     def _apply(self) -> Any:
@@ -63,21 +43,20 @@ class Model:
 
     @functools.cached_property
     def _entropies(self) -> Any:
-        return jax.jit(lambda p, ids: entropies(nnx.merge(self.graphdef, p), ids))
+        return factory.entropy_fn(self.weights)
 
     def entropies(self, ids: Any) -> np.ndarray:
         """(B, N) next-byte entropies in nats from this model (entropy kind) or its patcher."""
         ids = np.atleast_2d(np.asarray(ids, np.int32))
-        if self.kind == "entropy":
-            check_inputs(ids)
-            return np.asarray(self._entropies(self.params, ids))
+        if self.kind.scores_entropies:
+            return self._entropies(ids)
         if self.entropy_model is None:
             raise ValueError("entropies: this model has no entropy model")
         return self.entropy_model.entropies(ids)
 
     def patch_lengths(self, ids: Any, include_next: bool = True) -> np.ndarray:
         """(B, P) patch lengths with this BLT's rule (Σ = N + 1 with include_next)."""
-        if self.kind != "blt":
+        if self.patching_rule is None:
             raise ValueError(f"patch_lengths: a {self.kind} model has no patches")
         ids = np.atleast_2d(np.asarray(ids, np.int32))
         h = self.entropies(ids) if self.patching_rule.needs_entropies else None
@@ -86,20 +65,8 @@ class Model:
     def logits(self, ids: Any, patch_lengths: Any = None) -> np.ndarray:
         """(B, N, V) float32 logits; BLT patches come from its entropy model unless given."""
         ids = np.atleast_2d(np.asarray(ids, np.int32))
-        if self.kind != "blt":
-            if patch_lengths is not None:
-                raise ValueError("patch_lengths: only BLT models take patch lengths")
-            if self.kind == "entropy":
-                check_inputs(ids)
-            return np.asarray(self._apply(self.params, ids))
-        if patch_lengths is None:
-            patch_lengths = self.patch_lengths(ids)
-        lengths = np.atleast_2d(np.asarray(patch_lengths, np.int32))
-        check_inputs(ids, lengths)
-        width = _bucket(lengths.shape[1])  # fewer recompiles across calls
-        lengths = np.pad(lengths, ((0, 0), (0, width - lengths.shape[1])))
-        return np.asarray(self._apply(self.params, jnp.asarray(ids), jnp.asarray(lengths)))
-
+        args = self.kind.model_inputs(ids, patch_lengths, self.patch_lengths)
+        return np.asarray(self._apply(self.params, *args))
 
     @functools.cached_property
     def _generator(self) -> Any:

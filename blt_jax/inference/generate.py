@@ -19,9 +19,8 @@ from flax import nnx
 
 from blt_jax.inference import kv_cache, sampling
 from blt_jax.model import factory
-from blt_jax.text import patching, tokenizer
+from blt_jax.text import patching
 from blt_jax.inference.incremental import BltGenerator
-from blt_jax.text.tokenizer import EOS_ID
 
 
 class Options(NamedTuple):
@@ -39,10 +38,6 @@ def check_options(o: Options) -> None:
     sampling.check(o.temperature, o.top_k, o.top_p)
     if any(not s for s in o.stop):
         raise ValueError("stop: stop strings must be non-empty")
-
-
-def _stop_arrays(stop: Sequence[bytes], to_ids: Callable[[bytes], np.ndarray]) -> list[np.ndarray]:
-    return [np.asarray(to_ids(s), np.int32) for s in stop]
 
 
 def _matches(ids_BxT: jax.Array, end_B: jax.Array, n_new_B: jax.Array, pad: int,
@@ -106,22 +101,39 @@ class TokenState(NamedTuple):
     done: jax.Array
     logits: jax.Array
     caches: list
+    n_closed: jax.Array  # (B,) always 0: a token model closes no patches
 
 
-def token_prefill(model: Any, prompt_BxN: jax.Array, n_B: jax.Array, total: int) -> TokenState:
-    b, n = prompt_BxN.shape
-    logits, caches = kv_cache.transformer_prefill(model, prompt_BxN, n_B, total)
-    last = jnp.take_along_axis(logits, (n_B - 1)[:, None, None], axis=1)[:, 0]
-    ids = jnp.zeros((b, total), jnp.int32).at[:, :n].set(prompt_BxN)
-    return TokenState(ids, n_B, jnp.zeros_like(n_B), jnp.zeros(b, bool), last, caches)
+class TokenGenerator:
+    """Prefill and step functions of the KV-cached token baseline (pure; jitted by the caller)."""
+
+    pad = 0  # ids sit at their positions (no n-gram look-back)
+
+    def __init__(self, model: Any, entropy_model: Any, rule: Any, total: int):
+        self.m, self.total = model, total
+
+    @staticmethod
+    def lookback(cfg: Any) -> int:
+        return 0
+
+    def prefill(self, prompt_BxN: jax.Array, n_B: jax.Array) -> TokenState:
+        b, n = prompt_BxN.shape
+        logits, caches = kv_cache.transformer_prefill(self.m, prompt_BxN, n_B, self.total)
+        last = jnp.take_along_axis(logits, (n_B - 1)[:, None, None], axis=1)[:, 0]
+        ids = jnp.zeros((b, self.total), jnp.int32).at[:, :n].set(prompt_BxN)
+        return TokenState(ids, n_B, jnp.zeros_like(n_B), jnp.zeros(b, bool), last, caches,
+                          jnp.zeros_like(n_B))
+
+    def step(self, s: TokenState, x_B: jax.Array) -> tuple[TokenState, jax.Array]:
+        ids = jax.vmap(lambda row, i, x: row.at[i].set(x))(s.ids, s.length, x_B)
+        logits, caches = kv_cache.transformer_step(self.m, x_B, s.length, jnp.zeros_like(x_B),
+                                                   s.caches)
+        return s._replace(ids=ids, length=s.length + 1, logits=logits, caches=caches), \
+            jnp.zeros((), jnp.int32)
 
 
-def token_step(model: Any, s: TokenState, x_B: jax.Array) -> tuple[TokenState, jax.Array]:
-    ids = jax.vmap(lambda row, i, x: row.at[i].set(x))(s.ids, s.length, x_B)
-    logits, caches = kv_cache.transformer_step(model, x_B, s.length, jnp.zeros_like(x_B),
-                                               s.caches)
-    return s._replace(ids=ids, length=s.length + 1, logits=logits, caches=caches), \
-        jnp.zeros((), jnp.int32)
+# What each kind's `decoder` names (model/kinds.py): patch-aware BLT decoding or a KV cache.
+DECODERS: dict[str, type] = {"patches": BltGenerator, "tokens": TokenGenerator}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,13 +149,15 @@ class Result(NamedTuple):
 
 
 class Generator:
-    """Compiled generation for a loaded model (api.Model) of kind blt or bpe."""
+    """Compiled generation for a loaded model (api.Model) whose kind has a decoder."""
 
     def __init__(self, loaded: Any, max_context: int):
         self.loaded, self.kind, self.max_context = loaded, loaded.kind, max_context
-        if self.kind not in ("blt", "bpe"):
+        if self.kind.decoder is None:
             raise ValueError(f"generate: a {self.kind} workdir is not a generator (use a BLT or "
                              "BPE workdir)")
+        self.decoder = DECODERS[self.kind.decoder]
+        self.codec = loaded.codec
         cfg = loaded.model_config.copy_and_resolve_references()
         cfg.remat = False  # the prefill reads keys/values out of the forward pass
         self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: factory.build_model(cfg)))
@@ -158,32 +172,25 @@ class Generator:
         return m, e
 
     def encode(self, prompt: bytes) -> np.ndarray:
-        if self.kind == "bpe":
-            return self.loaded.tokenizer.encode_document(prompt)[0][:-1]  # <bos> + tokens
-        return tokenizer.encode(prompt, bos=True, eos=False)
+        return self.codec.prompt(prompt)
 
     def decode(self, ids: Sequence[int]) -> bytes:
-        if self.kind == "bpe":
-            return self.loaded.tokenizer.decode(ids).encode("utf-8")
-        return tokenizer.decode_bytes(ids)
+        return self.codec.decode(ids)
 
     @functools.lru_cache(maxsize=16)
     def _compiled(self, b: int, n: int, total: int, opts: Options, chunk: int,
                   rule: patching.PatchRule | None, record: bool) -> tuple:
-        # BLT stops inside the loop; BPE token boundaries need not align with a stop string,
-        # so its stop strings are applied to the decoded bytes afterwards.
-        stops = _stop_arrays(opts.stop, lambda s: self.encode(s)[1:]) if self.kind == "blt" \
-            else []
+        # Byte ids stop inside the loop; BPE token boundaries need not align with a stop
+        # string, so its stop strings are applied to the decoded bytes afterwards.
+        stops = self.codec.loop_stops(opts.stop)
         choose = lambda lg, k: sampling.choose(lg, k, opts.temperature, opts.top_k, opts.top_p)  # noqa
         loaded = self.loaded
         e_params = loaded.entropy_model.params if loaded.entropy_model is not None else None
+        nbytes, eos = self.codec.nbytes, self.codec.eos
 
         def prefill(params: Any, e_params: Any, prompt: jax.Array, n_B: jax.Array) -> Carry:
             m, e = self._models(params, e_params)
-            if self.kind == "blt":
-                state = BltGenerator(m, e, rule, total).prefill(prompt, n_B)
-            else:
-                state = token_prefill(m, prompt, n_B, total)
+            state = self.decoder(m, e, rule, total).prefill(prompt, n_B)
             hist = jnp.zeros((b, opts.max_new, state.logits.shape[-1]), jnp.float32) \
                 if record else None
             return Carry(state, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), hist,
@@ -191,18 +198,9 @@ class Generator:
 
         def run(params: Any, e_params: Any, carry: Carry) -> Carry:
             m, e = self._models(params, e_params)
-            if self.kind == "blt":
-                gen = BltGenerator(m, e, rule, total)
-                step, pad = gen.step, gen.pad
-            else:
-                step, pad = functools.partial(token_step, m), 0
-            return _loop(lambda s, x: _as_int(step(s, x)), choose, carry, chunk, opts, stops,
-                         pad, jnp.asarray(nbytes), eos)
-
-        if self.kind == "bpe":
-            nbytes, eos = loaded.tokenizer.nbytes, loaded.tokenizer.eos
-        else:
-            nbytes, eos = np.ones(260, np.int32), EOS_ID  # every BLT id is one step of the budget
+            gen = self.decoder(m, e, rule, total)
+            return _loop(lambda s, x: _as_int(gen.step(s, x)), choose, carry, chunk, opts, stops,
+                         gen.pad, jnp.asarray(nbytes), eos)
 
         return jax.jit(prefill), jax.jit(run, donate_argnums=2), e_params
 
@@ -227,9 +225,8 @@ class Generator:
                                                 self.loaded.patching_rule, record_logits)
         params = self.loaded.params
         carry = prefill(params, e_params, prompt, n_B)
-        n_closed0 = np.asarray(carry.state.n_closed) if self.kind == "blt" else None
-        pad = max(tuple(self.loaded.model_config.encoder_hash_byte_group_size) or (1,)) \
-            if self.kind == "blt" else 0
+        n_closed0 = np.asarray(carry.state.n_closed)
+        pad = self.decoder.lookback(self.loaded.model_config)
         emitted = [0] * b
         steps = 0
         while True:
@@ -247,17 +244,15 @@ class Generator:
                 continue
             new = [self._finish(ids[i, pad + n_B[i]: pad + n_B[i] + n_new[i]], opts)
                    for i in range(b)]
-            closed = (np.asarray(carry.state.n_closed) - n_closed0).tolist() \
-                if self.kind == "blt" else [0] * b
+            closed = (np.asarray(carry.state.n_closed) - n_closed0).tolist()
             hist = np.asarray(carry.history) if record_logits else None
             yield [self.decode(c) for c in chunks], Result(new, closed, int(carry.latent_runs),
                                                           steps, hist)
             return
 
     def _finish(self, new_ids: np.ndarray, opts: Options) -> bytes:
-        eos = EOS_ID if self.kind == "blt" else self.loaded.tokenizer.eos
         ids = list(new_ids)
-        if ids and ids[-1] == eos:
+        if ids and ids[-1] == self.codec.eos:
             ids = ids[:-1]
         return cut_at_stop(self.decode(ids), opts.stop)[: opts.max_new]
 

@@ -67,7 +67,12 @@ class BltGenerator:
         self.k = cfg.cross_attn_k
         if rule.needs_entropies and entropy_model is None:
             raise ValueError(f"entropy_model: patching mode {rule.mode!r} needs one")
-        self.pad = max(tuple(cfg.encoder_hash_byte_group_size) or (1,))
+        self.pad = self.lookback(cfg)
+
+    @staticmethod
+    def lookback(cfg: Any) -> int:
+        """Columns before position 0 in the ids buffer: the longest hash n-gram's look-back."""
+        return max(tuple(cfg.encoder_hash_byte_group_size) or (1,))
 
     # -- prefill ---------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ def run(entropy_workdir: str, out: str, data_cfg: Any = None, shards: int = 1,
     from array_record.python.array_record_module import ArrayRecordWriter
 
     model = api.load(entropy_workdir)
-    if model.kind != "entropy":
+    if not model.kind.scores_entropies:
         raise ValueError(f"workdir: {entropy_workdir} holds a {model.kind} model; preprocess "
                          "needs an entropy model")
     data_cfg = data_cfg or model.config.data

@@ -13,14 +13,11 @@ import re
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from blt_jax.inference import api
-from blt_jax.model import factory
 from blt_jax import config
+from blt_jax.model import factory, kinds
 from blt_jax.scale import sharding
 
 GIB = 2 ** 30
@@ -101,20 +98,18 @@ def check(cfg: ml_collections.ConfigDict, topology: str,
     devices = devices if devices is not None else _devices(name)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape), devices=devices,
                               dcn_shape=tuple(cfg.mesh.dcn_shape))
+    kind = kinds.of(cfg)
     frozen = None
-    if cfg.kind == "blt":
+    if kind.takes_patcher:
         ecfg = entropy_cfg or _entropy_config(cfg)
-        gdef, eabs = nnx.split(nnx.eval_shape(lambda: factory.build_model(ecfg)))
-        frozen = (gdef, _abstract(eabs, sharding.state_shardings(eabs, mesh)), ecfg)
+        gdef, eabs = factory.abstract_model(ecfg)
+        frozen = factory.Weights(gdef, _abstract(eabs, sharding.state_shardings(eabs, mesh)), ecfg)
     trainer = Trainer(cfg, mesh, frozen)
     state = _abstract(trainer.abstract, trainer.shardings)
     b, n = cfg.data.batch_size, cfg.data.seq_len
     bs = NamedSharding(mesh, P(("data", "fsdp")))
-    batch = {"ids": jax.ShapeDtypeStruct((b, n), jnp.int32, sharding=bs),
-             "targets": jax.ShapeDtypeStruct((b, n), jnp.int32, sharding=bs),
-             "mask": jax.ShapeDtypeStruct((b, n), jnp.bool_, sharding=bs)}
-    if cfg.kind == "bpe":
-        batch["nbytes"] = jax.ShapeDtypeStruct((b, n), jnp.int32, sharding=bs)
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=bs)
+             for k, (shape, dtype) in kind.batch_spec(b, n).items()}
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(trainer.abstract["params"]))
     hbm = hbm_gib * GIB if hbm_gib is not None else hbm_per_device(devices[0])
     head = {"topology": name, "devices": len(devices), "device_kind": devices[0].device_kind,

@@ -18,26 +18,22 @@ import numpy as np
 from blt_jax.evaluation.evaluate import stream, windows
 from blt_jax.inference import sampling
 from blt_jax.inference.generate import Options, check_options, cut_at_stop
-from blt_jax.text import patching, tokenizer
+from blt_jax.text import patching
 from blt_jax.text.patching import _check_p_max
-from blt_jax.text.tokenizer import EOS_ID
 
 
 def naive_generate(loaded: Any, prompt: bytes, opts: Options, row: int = 0,
                    record_logits: bool = False) -> tuple[bytes, list[np.ndarray], int]:
     """One prompt -> (new bytes, per-step logits, patches closed while generating)."""
     check_options(opts)
-    bpe_tok = loaded.tokenizer if loaded.kind == "bpe" else None
-    eos = bpe_tok.eos if bpe_tok else EOS_ID
-    ids = list(bpe_tok.encode_document(prompt)[0][:-1]) if bpe_tok else \
-        list(tokenizer.encode(prompt, bos=True, eos=False))
+    codec = loaded.codec
+    ids = list(codec.prompt(prompt))
     n0 = len(ids)
     choose = jax.jit(lambda lg, k: sampling.choose(lg, k, opts.temperature, opts.top_k,
                                                    opts.top_p))
     logits_hist = []
     out: list[int] = []
-    stops = [list(tokenizer.encode(s, bos=False, eos=False)) for s in opts.stop] \
-        if not bpe_tok else []
+    stops = [list(s) for s in codec.loop_stops(opts.stop)]  # BPE: cut from the text below
     n_bytes = 0
     for step in range(opts.max_new):  # every id spends at least one byte of the budget
         if n_bytes >= opts.max_new:
@@ -49,12 +45,11 @@ def naive_generate(loaded: Any, prompt: bytes, opts: Options, row: int = 0,
         x = int(choose(jnp.asarray(logits)[None], key)[0])
         ids.append(x)
         out.append(x)
-        n_bytes += int(bpe_tok.nbytes[x]) if bpe_tok else 1
-        if x == eos or any(len(out) >= len(s) and out[-len(s):] == s for s in stops):
+        n_bytes += int(codec.nbytes[x])
+        if x == codec.eos or any(len(out) >= len(s) and out[-len(s):] == s for s in stops):
             break
-    kept = out[:-1] if out and out[-1] == eos else out
-    new = bpe_tok.decode(kept).encode("utf-8") if bpe_tok else tokenizer.decode_bytes(kept)
-    new = cut_at_stop(new, opts.stop)[: opts.max_new]
+    kept = out[:-1] if out and out[-1] == codec.eos else out
+    new = cut_at_stop(codec.decode(kept), opts.stop)[: opts.max_new]
     closed = _closed_patches(loaded, ids) - _closed_patches(loaded, ids[:n0])
     return new, logits_hist, closed
 
@@ -67,7 +62,7 @@ def _naive_logits(loaded: Any, ids: list[int]) -> np.ndarray:
     n = len(ids)
     row = np.zeros((1, _pad_to(n)), np.int32)
     row[0, :n] = ids
-    if loaded.kind == "bpe":
+    if loaded.patching_rule is None:  # a token model
         return loaded.logits(row)[0, n - 1]
     lengths = _patch_lengths(loaded, ids)
     width = _pad_to(len(lengths) + 1)
@@ -90,7 +85,7 @@ def _patch_lengths(loaded: Any, ids: list[int]) -> np.ndarray:
 
 def _closed_patches(loaded: Any, ids: list[int]) -> int:
     """Patches closed after reading `ids`: all but the one holding the virtual position."""
-    if loaded.kind != "blt":
+    if loaded.patching_rule is None:
         return 0
     return int((_patch_lengths(loaded, ids) > 0).sum()) - 1
 

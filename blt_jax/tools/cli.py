@@ -227,7 +227,8 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     dt = time.perf_counter() - t0
     n = len(result.new[0])
-    extra_info = f", {result.latent_steps[0]} latent steps" if model.kind == "blt" else ""
+    extra_info = f", {result.latent_steps[0]} latent steps" \
+        if model.patching_rule is not None else ""
     print(f"[{n} bytes in {dt:.2f} s{extra_info}]", file=sys.stderr)
     return 0
 

@@ -15,20 +15,12 @@ import time
 from typing import Any
 
 import blt_jax
-from blt_jax.text import bpe
 from blt_jax import config
-from blt_jax.pipeline import data
-from blt_jax.evaluation import evaluate
-from blt_jax.model import flops
+from blt_jax.evaluation import evaluate, tables
+from blt_jax.model import kinds
 from blt_jax.training import train
 
 PROMPT = "The return value of "
-
-
-def _steps_for_flops(cfg: Any, tok: bpe.BpeTokenizer, target_flops: float) -> int:
-    per_step = 3 * cfg.data.batch_size * cfg.data.seq_len * flops.transformer_flops_per_token(
-        cfg.model, cfg.data.seq_len)
-    return max(1, round(target_flops / per_step))
 
 
 def run(workdir: str = "runs/quickstart", steps: int = 0, log=print) -> dict[str, Any]:
@@ -50,12 +42,7 @@ def run(workdir: str = "runs/quickstart", steps: int = 0, log=print) -> dict[str
     results["blt"] = train.run(blt, root / "blt")
 
     # Same training FLOPs as the BLT (model FLOPs; the frozen patcher's forward is extra).
-    (root / "bpe").mkdir(parents=True, exist_ok=True)
-    docs = data.documents(base.data, "train")
-    tok = bpe.load(root / "bpe") if (root / "bpe" / bpe.FILE).exists() else \
-        bpe.train(docs, base.model.vocab_size)
-    tok.save(root / "bpe")
-    base.train.steps = _steps_for_flops(base, tok, results["blt"]["train_flops"])
+    base.train.steps = kinds.steps_for_flops(base, results["blt"]["train_flops"])
     base.train.eval_every = base.train.steps
     base.checkpoint.every = base.train.steps
     log(f"[3/4] BPE baseline, {base.train.steps} steps for the BLT's training FLOPs -> "
@@ -63,25 +50,25 @@ def run(workdir: str = "runs/quickstart", steps: int = 0, log=print) -> dict[str
     results["bpe"] = train.run(base, root / "bpe")
 
     log("[4/4] bits-per-byte on the whole validation split (same bytes for every model)")
-    for kind in ("entropy", "blt", "bpe"):
-        results[kind]["val"] = evaluate.evaluate_workdir(root / kind)
+    for name in ("entropy", "blt", "bpe"):
+        results[name]["val"] = evaluate.evaluate_workdir(root / name)
     table = format_table(results)
     samples = {}
-    for kind in ("blt", "bpe"):
-        model = blt_jax.load(root / kind)
+    for name in ("blt", "bpe"):
+        model = blt_jax.load(root / name)
         t = time.perf_counter()
         new = model.generate(PROMPT, max_new_bytes=96)
-        samples[kind] = {"text": new.decode("utf-8", errors="replace"),
+        samples[name] = {"text": new.decode("utf-8", errors="replace"),
                          "seconds": time.perf_counter() - t}
-        if kind == "blt":
-            samples[kind]["latent_steps"] = model.last_generation.latent_steps[0]
+        if model.patching_rule is not None:  # a BLT: one latent step per closed patch
+            samples[name]["latent_steps"] = model.last_generation.latent_steps[0]
     summary = {"workdir": str(root), "wall_seconds": time.perf_counter() - t0,
                "table": table, "results": results, "samples": samples}
     (root / "quickstart.json").write_text(json.dumps(summary, indent=2, default=str))
     log(table)
-    for kind, sample in samples.items():
+    for name, sample in samples.items():
         extra = f", {sample['latent_steps']} latent steps" if "latent_steps" in sample else ""
-        log(f"{kind} continues {PROMPT!r} -> {sample['text']!r} ({sample['seconds']:.1f} s "
+        log(f"{name} continues {PROMPT!r} -> {sample['text']!r} ({sample['seconds']:.1f} s "
             f"incl. compile{extra})")
     log(f"checkpoints: {root}/{{entropy,blt,bpe}}/checkpoints   "
         f"TensorBoard: tensorboard --logdir {root}   "
@@ -90,12 +77,10 @@ def run(workdir: str = "runs/quickstart", steps: int = 0, log=print) -> dict[str
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    rows = [("model", "val BPB", "bytes/patch|token", "train FLOPs", "train bytes/s", "MFU")]
     names = {"entropy": "entropy model (byte LM)", "blt": "BLT", "bpe": "BPE baseline"}
-    for kind, r in results.items():
-        unit = r.get("val", {}).get("bytes_per_patch") or r.get("bytes_per_token") or 1.0
-        rows.append((names[kind], f"{r['val']['bpb']:.3f}", f"{unit:.2f}",
-                     f"{r['train_flops']:.3g}", f"{r.get('bytes_per_s', math.nan):.3g}",
-                     f"{100 * r.get('mfu', math.nan):.1f}%"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+    rows = [(names[name], f"{r['val']['bpb']:.3f}",
+             f"{tables.bytes_per_unit(r.get('val', {}), r, 1.0):.2f}",
+             f"{r['train_flops']:.3g}", f"{r.get('bytes_per_s', math.nan):.3g}",
+             f"{100 * r.get('mfu', math.nan):.1f}%") for name, r in results.items()]
+    return tables.render(("model", "val BPB", "bytes/patch|token", "train FLOPs",
+                          "train bytes/s", "MFU"), rows)

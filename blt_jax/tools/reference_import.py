@@ -92,11 +92,11 @@ def read_pth(path: str | pathlib.Path) -> dict[str, np.ndarray]:
         raise ValueError(f"weights: {path} has no data.pkl")
     prefix = pkl[: -len("data.pkl")]
 
-    def load_storage(kind: Any, key: str, numel: int) -> np.ndarray:
+    def load_storage(dtype: Any, key: str, numel: int) -> np.ndarray:
         raw = archive.read(f"{prefix}data/{key}")
-        if kind == "bf16":
+        if dtype == "bf16":
             return (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
-        return np.frombuffer(raw, kind)[:numel]
+        return np.frombuffer(raw, dtype)[:numel]
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
@@ -113,8 +113,8 @@ def read_pth(path: str | pathlib.Path) -> dict[str, np.ndarray]:
             raise ValueError(f"weights: {path} holds an unsupported object {module}.{name}")
 
         def persistent_load(self, pid: Any) -> np.ndarray:
-            _, kind, key, _location, numel = pid
-            return load_storage(kind, key, numel)
+            _, dtype, key, _location, numel = pid
+            return load_storage(dtype, key, numel)
 
     blob = Unpickler(archive.open(pkl)).load()
     sd = blob.get("model", blob) if isinstance(blob, dict) else blob

@@ -1,5 +1,5 @@
-"""What a step computes on one batch: the forward pass of any model kind, the summed
-cross-entropy and the counts behind bits-per-byte and the patch-buffer statistics.
+"""What a step computes on one batch: the summed cross-entropy of any model kind's forward pass
+and the counts behind bits-per-byte and the patch-buffer statistics.
 
 Everything is returned as fp32/int32 *sums* so that micro-batches, devices and evaluation
 batches combine exactly (BPB = Σ nll / ln 2 / Σ bytes, never a mean of means).
@@ -13,50 +13,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from blt_jax.text import patching
-from blt_jax.model.blt import patch_from_ids
 
 LN2 = math.log(2.0)
 
 
-def patches_for(batch: dict[str, jax.Array], rule: patching.PatchRule, entropy_model: Any,
-                p_max: int) -> patching.PatchBuffer:
-    """Given patch lengths, else stored entropies (preprocessed data), else the entropy model.
+def sums(kind: Any, model: Any, batch: dict[str, jax.Array], *, patcher: Any = None,
+         p_max: int = 0, rule: Any = None) -> dict[str, jax.Array]:
+    """Summed nll over masked targets and the counts that normalise it.
 
-    A batch may carry ``patch_lengths`` (B, P) summing to N + 1 per row (include-next, first
-    patch 1): the step then trains on exactly those patches (benchmarks, external patchers).
+    `kind` (model/kinds.py) runs the forward pass and adds its own counts (BLT: the patch
+    buffer's); `patcher` is the frozen entropy model of an entropy-patched BLT.
     """
-    if "patch_lengths" in batch:
-        lengths = batch["patch_lengths"].astype(jnp.int32)
-        patch_ids, decoder_ids = patching.patch_ids_from_lengths(lengths, batch["ids"].shape[1])
-        return patching.PatchBuffer(lengths, patch_ids, decoder_ids,
-                                    jnp.zeros(lengths.shape[:1], jnp.int32))
-    if "entropies" in batch and rule.needs_entropies:
-        return patching.patch_buffer(p_max=p_max, ids=batch["ids"], entropies=batch["entropies"],
-                                     rule=rule)
-    return patch_from_ids(rule, entropy_model, batch["ids"], p_max)
-
-
-def sums(model: Any, batch: dict[str, jax.Array], *, kind: str, entropy_model: Any = None,
-         p_max: int = 0, rule: patching.PatchRule | None = None) -> dict[str, jax.Array]:
-    """Summed nll over masked targets and the counts that normalise it."""
-    ids, targets, mask = batch["ids"], batch["targets"], batch["mask"]
-    out: dict[str, jax.Array] = {}
-    if kind == "blt":
-        buf = patches_for(batch, rule, entropy_model, p_max)
-        logits = model(ids, buf.lengths)
-        n = ids.shape[1]
-        starts = jnp.cumsum(buf.lengths, axis=-1) - buf.lengths
-        # a patch counts if it starts on a real byte (not the virtual position, not padding 0)
-        start_ids = jnp.take_along_axis(ids, jnp.clip(starts, 0, n - 1), axis=1)
-        real = (buf.lengths > 0) & (starts < n) & (start_ids != 0)
-        out["n_patches"] = real.sum().astype(jnp.float32)
-        out["n_positions"] = (ids != 0).sum().astype(jnp.float32)
-        out["n_slots"] = jnp.float32(buf.lengths.size)
-        out["overflow_rows"] = (buf.overflow > 0).sum().astype(jnp.float32)
-        out["n_rows"] = jnp.float32(ids.shape[0])
-    else:
-        logits = model(ids)
+    logits, counts = kind.forward(model, batch, patcher=patcher, p_max=p_max, rule=rule)
+    targets, mask = batch["targets"], batch["mask"]
+    out = dict(counts)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     maskf = mask.astype(jnp.float32)

@@ -14,7 +14,7 @@ import pathlib
 import shutil
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,17 +22,14 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from blt_jax.inference import api
-from blt_jax.model import factory
-from blt_jax.text import bpe, patching
-from blt_jax.training import checkpoint, metrics, objective, optim
 from blt_jax import config
+from blt_jax.model import factory, kinds
 from blt_jax.pipeline import data
 from blt_jax.scale import distributed, sharding
-from blt_jax.model import flops
-from blt_jax.model.transformer import Transformer, entropies
+from blt_jax.text import bpe, patching
+from blt_jax.training import checkpoint, metrics, objective, optim
+from blt_jax.training.scorer import Scorer
 
 ENTROPY_DIR = "entropy_model"
 
@@ -41,40 +38,28 @@ ENTROPY_DIR = "entropy_model"
 # Workdir and configuration
 
 
-def _model_fields(model: Any) -> dict[str, Any]:
-    d = json.loads(model.to_json()) if hasattr(model, "to_json") else dict(model)
-    d.get("patching", {}).pop("threshold", None)  # calibrated per run, recorded separately
-    return d
+def _identity(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What must match for a workdir's checkpoint to resume under cfg: kind and model."""
+    return {"kind": cfg.kind, "model": json.loads(cfg.model.to_json())}
 
 
 def prepare_workdir(cfg: ml_collections.ConfigDict, workdir: pathlib.Path
                     ) -> ml_collections.ConfigDict:
-    """Checks a resumed workdir holds the same model; returns the config to run with."""
+    """The config to run with, a copy of cfg: a resumed run takes what the workdir recorded
+    (a BLT's calibrated threshold and frozen entropy model) and must hold the same model."""
     workdir.mkdir(parents=True, exist_ok=True)
-    stored_path = workdir / "config.json"
-    if stored_path.exists() and checkpoint.steps(workdir):
-        stored = factory.read_config(workdir)
-        if stored.kind != cfg.kind or _model_fields(stored.model) != _model_fields(cfg.model):
-            a, b = _model_fields(stored.model), _model_fields(cfg.model)
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            raise ValueError(f"workdir: {workdir} holds a checkpoint of a different model "
-                             f"({stored.kind} vs {cfg.kind}; fields {diff[:4]}); use a new "
-                             "--workdir")
-        if cfg.kind == "blt":
-            cfg.model.patching.threshold = stored.model.patching.threshold
-            cfg.entropy.workdir = stored.entropy.workdir
-    return cfg
-
-
-def _p_max(cfg: ml_collections.ConfigDict) -> int:
-    if cfg.kind != "blt":
-        return 0
-    if cfg.data.p_max > 0:
-        return int(cfg.data.p_max)
-    rule, n = cfg.model.patching, cfg.data.seq_len + 1
-    est = {"byte": 1.0, "static": float(rule.patch_size)}.get(
-        rule.mode, cfg.entropy.target_bytes_per_patch or 2.0)
-    return int(min(n, max(2, math.ceil(1.5 * n / est) + 2)))
+    if not ((workdir / "config.json").exists() and checkpoint.steps(workdir)):
+        return config.replaced(cfg, {})
+    stored = factory.read_config(workdir)
+    resumed = kinds.of(cfg).resume(cfg, stored)
+    a, b = _identity(stored), _identity(resumed)
+    if a != b:
+        diff = sorted(k for k in set(a["model"]) | set(b["model"])
+                      if a["model"].get(k) != b["model"].get(k))
+        raise ValueError(f"workdir: {workdir} holds a checkpoint of a different model "
+                         f"({stored.kind} vs {cfg.kind}; fields {diff[:4]}); use a new "
+                         "--workdir")
+    return resumed
 
 
 def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
@@ -91,9 +76,9 @@ def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -
         raise ValueError(f"entropy: no trained entropy model at {cfg.entropy.workdir!r}; train "
                          "one first (experiments/entropy_tiny.py) and pass "
                          "--config.entropy.workdir=DIR")
-    model = api.load(src)
-    if model.kind != "entropy":
-        raise ValueError(f"entropy: {src} holds a {model.kind} model, not an entropy model")
+    src_cfg, weights, step = factory.load_weights(src)
+    if not kinds.of(src_cfg).scores_entropies:
+        raise ValueError(f"entropy: {src} holds a {src_cfg.kind} model, not an entropy model")
     tmp = workdir / (ENTROPY_DIR + ".tmp")
     lead = jax.process_index() == 0
     if lead:
@@ -101,8 +86,8 @@ def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -
         tmp.mkdir(parents=True)
         shutil.copy(src / "config.json", tmp / "config.json")
     distributed.barrier("entropy_copy_start")
-    checkpoint.save_params_only(tmp, jax.tree.map(np.asarray, model.params),
-                                meta={"source": str(src.absolute()), "source_step": model.step})
+    checkpoint.save_params_only(tmp, jax.tree.map(np.asarray, weights.params),
+                                meta={"source": str(src.absolute()), "source_step": step})
     distributed.barrier("entropy_copy_saved")
     if lead:
         tmp.rename(dest)
@@ -110,42 +95,50 @@ def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -
     return dest
 
 
-def calibrate_threshold(cfg: ml_collections.ConfigDict, ent: api.Model) -> dict[str, float]:
-    """Threshold giving `target_bytes_per_patch` on training rows (bisection on real entropies)."""
+def calibrate_threshold(cfg: ml_collections.ConfigDict,
+                        entropies: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+    """Threshold giving `target_bytes_per_patch` on training rows (bisection on real entropies
+    from `entropies`: ids (B, N) -> (B, N), e.g. factory.entropy_fn or Model.entropies)."""
     target = cfg.entropy.target_bytes_per_patch
     docs = data.documents(cfg.data, "train")
     it = data.batches(docs, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                       seed=cfg.seed + 1, train=True)
     rows: list[np.ndarray] = []
     while len(rows) < cfg.entropy.calibration_docs:
-        rows.extend(ent.entropies(next(it)["ids"]))
-    mode = cfg.model.patching.mode
+        rows.extend(entropies(next(it)["ids"]))
+    rule = config.patching_rule(cfg.model.patching)
     theta = patching.threshold_for_target_patch_size(
-        rows, target, mode="monotonic" if mode == "monotonic" else "global",
-        max_patch_length=cfg.model.patching.max_patch_length)
-    n = sum(len(patching.patch_lengths(None, r, mode=mode, threshold=theta, include_next=False,
-                                       threshold_add=cfg.model.patching.threshold_add,
-                                       max_patch_length=cfg.model.patching.max_patch_length))
-            for r in rows)
+        rows, target, mode="monotonic" if rule.mode == "monotonic" else "global",
+        max_patch_length=rule.max_patch_length)
+    rule = rule.replace(threshold=float(theta))
+    n = sum(len(patching.patch_lengths(None, r, rule, include_next=False)) for r in rows)
     return {"target_bytes_per_patch": target, "threshold": float(theta),
             "measured_bytes_per_patch": sum(len(r) for r in rows) / n, "rows": len(rows)}
+
+
+def _bpe_tokenizer(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, docs: Any
+                   ) -> bpe.BpeTokenizer:
+    """The workdir's BPE tokenizer, trained on the training split by process 0 on first start."""
+    if jax.process_index() == 0 and not (workdir / bpe.FILE).exists():
+        bpe.train(docs, cfg.model.vocab_size).save(workdir)
+    distributed.barrier("bpe_tokenizer")
+    tok = bpe.load(workdir)
+    if tok.vocab_size != cfg.model.vocab_size:
+        raise ValueError(f"model.vocab_size: {cfg.model.vocab_size} but the workdir's "
+                         f"tokenizer has {tok.vocab_size} ids")
+    return tok
 
 
 # ---------------------------------------------------------------------------------------------
 # State and steps
 
 
-class Trainer:
-    """Builds the sharded state and the jitted steps for one config."""
+class Trainer(Scorer):
+    """The scoring step plus the optimizer: sharded state and the jitted train step."""
 
     def __init__(self, cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                 frozen: tuple[Any, Any, ml_collections.ConfigDict] | None = None):
-        """frozen: the entropy model as (graphdef, params, config); params may be abstract
-        (ShapeDtypeStructs with shardings) for AOT compilation."""
-        self.cfg, self.mesh = cfg, mesh
-        self.kind = cfg.kind
-        self.p_max = _p_max(cfg)
-        self.rule = config.patching_rule(cfg.model.patching) if cfg.kind == "blt" else None
+                 frozen: factory.Weights | tuple[Any, Any, ml_collections.ConfigDict] | None = None):
+        super().__init__(cfg, mesh, frozen)
         self.tx = optim.make(cfg.optim, cfg.train.steps)
         self.schedule = optim.schedule(cfg.optim, cfg.train.steps)
 
@@ -153,32 +146,15 @@ class Trainer:
             params = nnx.state(factory.build_model(cfg.model, cfg.seed))
             return {"params": params, "opt": self.tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
-        self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: factory.build_model(cfg.model, cfg.seed)))
         self.abstract = jax.eval_shape(init)
         self.shardings = sharding.state_shardings(self.abstract, mesh)
         self._init = jax.jit(init, out_shardings=self.shardings)
-        self.batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
-        self.frozen_graphdef = self.frozen = self.frozen_cfg = None
-        if frozen is not None:
-            self.frozen_graphdef, params, self.frozen_cfg = frozen
-            concrete = not isinstance(jax.tree.leaves(params)[0], jax.ShapeDtypeStruct)
-            # host copies first: device_put then works for meshes spanning processes
-            self.frozen = jax.device_put(jax.tree.map(np.asarray, params),
-                                         sharding.state_shardings(params, mesh)) \
-                if concrete else params
         self.train_step = jax.jit(self._train_step, donate_argnums=0,
                                   out_shardings=(self.shardings, None))
-        self.eval_step = jax.jit(self._sums)
 
     def init_state(self) -> dict[str, Any]:
         with jax.set_mesh(self.mesh):
             return self._init()
-
-    def _sums(self, params: Any, batch: dict[str, jax.Array], frozen: Any) -> dict[str, jax.Array]:
-        model = nnx.merge(self.graphdef, params)
-        ent = nnx.merge(self.frozen_graphdef, frozen) if frozen is not None else None
-        return objective.sums(model, batch, kind=self.kind, entropy_model=ent, p_max=self.p_max,
-                              rule=self.rule)
 
     def _train_step(self, state: dict[str, Any], batch: dict[str, jax.Array], frozen: Any
                     ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
@@ -186,7 +162,7 @@ class Trainer:
 
         def grads_and_sums(mb: dict[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
             def f(p: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-                s = self._sums(p, mb, frozen)
+                s = self.sums(p, mb, frozen)
                 return s["nll"], s
             (_, s), g = jax.value_and_grad(f, has_aux=True)(state["params"])
             return g, s
@@ -209,42 +185,13 @@ class Trainer:
         out = dict(total, grad_norm=optax.tree.norm(grads), lr=self.schedule(state["step"]))
         return {"params": params, "opt": opt, "step": state["step"] + 1}, out
 
-    def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
-                for k, v in batch.items()}
-
-    def evaluate(self, params: Any, batches: Any, batch_size: int) -> dict[str, float]:
-        """Scores the whole (global) evaluation stream; each process feeds its rows."""
-        total: dict[str, float] = {}
-        process = (jax.process_index(), jax.process_count())
-        dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        batch_size = -(-batch_size // dp) * dp  # zero rows (mask False) fill the batch shards
-        params = jax.device_put(params, sharding.state_shardings(params, self.mesh))
-        with jax.set_mesh(self.mesh):
-            for batch in batches:
-                local = data.local_rows(data.pad_batch(batch, batch_size), process)
-                s = jax.device_get(self.eval_step(params, self.put_batch(local), self.frozen))
-                for k, v in s.items():
-                    total[k] = total.get(k, 0.0) + float(v)
-        if not total:
-            raise ValueError("data: the validation split produced no batch")
-        return {"eval_" + k: v for k, v in objective.summarize(total).items()} | {
-            "eval_bytes": total["n_bytes"]}
-
     def flops_per_step(self, n_targets: float, bytes_per_patch: float | None
                        ) -> tuple[float, float]:
         """(model training FLOPs = 3 x forward, frozen patcher forward FLOPs) of one step,
         by the paper's formulas; BLT's global part uses the step's measured bytes/patch."""
-        cfg, n = self.cfg, self.cfg.data.seq_len
-        if self.kind == "blt":
-            fl = flops.blt_flops_per_byte(cfg.model, max(bytes_per_patch or 1.0, 1.0), n,
-                                          self.frozen_cfg)
-            return 3 * n_targets * fl["blt"], n_targets * fl.get("entropy_model", 0.0)
-        return 3 * n_targets * flops.transformer_flops_per_token(cfg.model, n), 0.0
-
-
-def frozen_of(model: api.Model | None) -> tuple[Any, Any, ml_collections.ConfigDict] | None:
-    return None if model is None else (model.graphdef, model.params, model.model_config)
+        fwd, patcher = self.kind.forward_flops(self.cfg.model, self.cfg.data.seq_len,
+                                               bytes_per_patch, self.frozen_cfg)
+        return 3 * n_targets * fwd, n_targets * patcher
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,10 +201,10 @@ def frozen_of(model: api.Model | None) -> tuple[Any, Any, ml_collections.ConfigD
 def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Trains (or resumes) and returns the final summary; writes everything under workdir."""
     workdir = pathlib.Path(workdir)
-    cfg = prepare_workdir(cfg, workdir)
+    cfg = prepare_workdir(cfg, workdir)  # a copy: the caller's config is never changed
+    kind = kinds.of(cfg)
     config.validate(cfg.model)
-    if cfg.kind in ("blt", "entropy") and cfg.model.vocab_size != 260:
-        raise ValueError("model.vocab_size: byte models use 260 ids")
+    kind.check(cfg)
     if cfg.train.steps < 1:
         raise ValueError(f"train.steps: must be >= 1, got {cfg.train.steps}")
     if cfg.data.batch_size % cfg.train.grad_accum:
@@ -266,36 +213,27 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
     docs = data.documents(cfg.data, "train")
     eval_docs = data.documents(cfg.data, "validation")
 
-    ent_model = None
-    tok = None
+    patcher = tok = None
     extra: dict[str, Any] = {}
     process = (jax.process_index(), jax.process_count())
-    # space/static/byte patching needs no entropy model unless one is given (e.g. for eval)
-    if cfg.kind == "blt" and (cfg.model.patching.mode in patching.ENTROPY_MODES
-                              or cfg.entropy.workdir):
+    if kind.uses_patcher(cfg):
         ent_dir = _copy_entropy_model(cfg, workdir)
-        cfg.entropy.workdir = ENTROPY_DIR
-        ent_model = api.load(ent_dir)
-        if cfg.model.patching.mode in patching.ENTROPY_MODES and \
-                cfg.entropy.target_bytes_per_patch > 0 and not checkpoint.steps(workdir):
-            cal = calibrate_threshold(cfg, ent_model)  # identical on every process
-            cfg.model.patching.threshold = cal["threshold"]
+        _, patcher, _ = factory.load_weights(ent_dir)
+        recorded: dict[str, Any] = {"entropy.workdir": ENTROPY_DIR}  # the workdir is self-contained
+        if kind.calibrates(cfg) and not checkpoint.steps(workdir):
+            cal = calibrate_threshold(cfg, factory.entropy_fn(patcher))  # same on every process
+            recorded["model.patching.threshold"] = cal["threshold"]
             if lead:
                 (workdir / "threshold.json").write_text(json.dumps(cal, indent=2))
-    elif cfg.kind == "bpe":
-        if lead and not (workdir / bpe.FILE).exists():
-            bpe.train(docs, cfg.model.vocab_size).save(workdir)
-        distributed.barrier("bpe_tokenizer")
-        tok = bpe.load(workdir)
-        if tok.vocab_size != cfg.model.vocab_size:
-            raise ValueError(f"model.vocab_size: {cfg.model.vocab_size} but the workdir's "
-                             f"tokenizer has {tok.vocab_size} ids")
+        cfg = config.replaced(cfg, recorded)
+    if kind.trains_tokenizer:
+        tok = _bpe_tokenizer(cfg, workdir, docs)
         extra = bpe.describe(tok, eval_docs)
     if lead:
         (workdir / "config.json").write_text(cfg.to_json(indent=2))
 
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape), dcn_shape=tuple(cfg.mesh.dcn_shape))
-    trainer = Trainer(cfg, mesh, frozen_of(ent_model))
+    trainer = Trainer(cfg, mesh, patcher)
     train_it = data.train_batches(docs, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                                   seed=cfg.seed, loader_shards=cfg.data.loader_shards,
                                   process=process, bpe_tokenizer=tok,
@@ -403,9 +341,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
         for k in ("bytes_per_patch", "patch_padding", "overflow_rate"):
             if k in history[-1]:
                 summary[k] = float(np.mean([h[k] for h in history]))
-    if cfg.kind == "blt":
-        summary["p_max"] = trainer.p_max
-        summary["threshold"] = cfg.model.patching.threshold
+    summary.update(kind.summary(cfg, trainer.p_max))
     if lead:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     distributed.barrier("run_done")  # processes leave together: jax.distributed's shutdown waits
