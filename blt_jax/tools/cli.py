@@ -12,7 +12,8 @@ import os
 import sys
 from typing import Callable
 
-Handler = Callable[[argparse.Namespace, list[str]], int]
+# A handler returns the exit code, or the text to print (exit 0).
+Handler = Callable[[argparse.Namespace, list[str]], int | str | None]
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
 
 
@@ -49,13 +50,12 @@ def _patch_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("patch", "show how a text is cut into patches", _patch_args)
-def _patch(args: argparse.Namespace, extra: list[str]) -> int:
+def _patch(args: argparse.Namespace, extra: list[str]) -> str:
     from blt_jax.tools import patch_view
 
-    print(patch_view.run(text=_read_text(args), mode=args.mode, threshold=args.threshold,
-                         max_patch_length=args.max_patch_length, patch_size=args.patch_size,
-                         workdir=args.workdir, plot=args.plot))
-    return 0
+    return patch_view.run(text=_read_text(args), mode=args.mode, threshold=args.threshold,
+                          max_patch_length=args.max_patch_length, patch_size=args.patch_size,
+                          workdir=args.workdir, plot=args.plot)
 
 
 def _import_args(p: argparse.ArgumentParser) -> None:
@@ -67,12 +67,11 @@ def _import_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("import-reference", "convert released BLT weights into a blt-jax workdir", _import_args)
-def _import_reference(args: argparse.Namespace, extra: list[str]) -> int:
+def _import_reference(args: argparse.Namespace, extra: list[str]) -> str:
     from blt_jax.tools import reference_import
 
     out = reference_import.import_reference(args.blt, args.out, args.entropy)
-    print(f"wrote {out} (open it with blt_jax.load({out!r}))")
-    return 0
+    return f"wrote {out} (open it with blt_jax.load({out!r}))"
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -89,7 +88,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("train", "train (or resume) an experiment; overrides: --config.a.b=value", _train_args)
-def _train(args: argparse.Namespace, extra: list[str]) -> int:
+def _train(args: argparse.Namespace, extra: list[str]) -> str:
     import json
 
     from blt_jax import config
@@ -99,9 +98,7 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
     cfg = config.apply_overrides(config.load_experiment(args.config), extra)
     distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                            heartbeat_timeout_s=args.heartbeat_timeout)
-    summary = train.run(cfg, args.workdir)
-    print(json.dumps(summary, indent=2))
-    return 0
+    return json.dumps(train.run(cfg, args.workdir), indent=2)
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -119,16 +116,15 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("eval", "bits-per-byte of a workdir's model on its (or given) data, as JSON", _eval_args)
-def _eval(args: argparse.Namespace, extra: list[str]) -> int:
+def _eval(args: argparse.Namespace, extra: list[str]) -> str:
     import json
 
     from blt_jax.evaluation import evaluate
 
-    print(json.dumps(evaluate.evaluate_workdir(
+    return json.dumps(evaluate.evaluate_workdir(
         args.workdir, step=args.step, source=args.data_source, path=args.data_path,
         split=args.split, max_batches=args.max_batches or None, seq_len=args.seq_len,
-        stride=args.stride), indent=2))
-    return 0
+        stride=args.stride), indent=2)
 
 
 def _ckpt_args(p: argparse.ArgumentParser) -> None:
@@ -165,14 +161,13 @@ def _preprocess_args(p: argparse.ArgumentParser) -> None:
 
 @command("preprocess", "store entropies (float16) of a dataset in ArrayRecord shards",
          _preprocess_args)
-def _preprocess(args: argparse.Namespace, extra: list[str]) -> int:
+def _preprocess(args: argparse.Namespace, extra: list[str]) -> str:
     import json
 
     from blt_jax.pipeline import preprocess
 
-    print(json.dumps(preprocess.run(args.workdir, args.out, shards=args.shards,
-                                    max_docs=args.max_docs), indent=2))
-    return 0
+    return json.dumps(preprocess.run(args.workdir, args.out, shards=args.shards,
+                                     max_docs=args.max_docs), indent=2)
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
@@ -341,7 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command not in _ACCEPTS_OVERRIDES:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.handler(args, extra) or 0)
+        out = args.handler(args, extra)
+        if isinstance(out, str):
+            print(out)
+            return 0
+        return int(out or 0)
     except KeyboardInterrupt:
         print("blt-jax: interrupted", file=sys.stderr)
         return 130

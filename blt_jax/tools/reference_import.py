@@ -13,112 +13,22 @@ from __future__ import annotations
 
 import json
 import pathlib
-import struct
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from blt_jax.training import checkpoint
 from blt_jax import config
 from blt_jax.text.tokenizer import VOCAB_SIZE
+from blt_jax.tools.weight_files import read_pth, read_safetensors  # noqa: F401 (re-exported)
+from blt_jax.training import checkpoint
 
 _HF = {"attention": "self_attn", "feed_forward": "mlp", "attention_norm": "input_layernorm",
        "ffn_norm": "post_attention_layernorm", "tok_embeddings": "embed_tokens",
        "cross_attn_norm_q": "q_norm", "cross_attn_norm_kv": "k_norm", "w1": "gate_proj",
        "w2": "down_proj", "w3": "up_proj", "wq": "q_proj", "wk": "k_proj", "wv": "v_proj",
        "wo": "o_proj", "output": "lm_head"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading weights
-
-def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """float32 arrays from a .safetensors file (F32, F16, BF16)."""
-    raw = pathlib.Path(path).read_bytes()
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8: 8 + header_len])
-    base = 8 + header_len
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = info["data_offsets"]
-        buf = raw[base + a: base + b]
-        dtype = info["dtype"]
-        if dtype == "BF16":
-            arr = (np.frombuffer(buf, np.uint16).astype(np.uint32) << 16).view(np.float32)
-        elif dtype in ("F16", "F32", "F64"):
-            arr = np.frombuffer(buf, {"F16": np.float16, "F32": np.float32, "F64": np.float64}[dtype])
-        else:
-            raise ValueError(f"safetensors: {path}: tensor {name} has unsupported dtype {dtype}")
-        out[name] = arr.astype(np.float32).reshape(info["shape"])
-    return out
-
-
-_STORAGE_DTYPES = {"FloatStorage": np.float32, "HalfStorage": np.float16,
-                   "BFloat16Storage": "bf16", "DoubleStorage": np.float64,
-                   "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-                   "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_}
-
-
-def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple[int, ...],
-                    stride: tuple[int, ...], *_: Any) -> np.ndarray:
-    if not size:
-        return storage[offset].copy()
-    item = storage.itemsize
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
-                                           strides=tuple(s * item for s in stride))
-    return np.array(view)
-
-
-def read_pth(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """A torch.save zip file of tensors -> float32 numpy arrays, without importing torch.
-
-    Reads the format's data.pkl with a restricted unpickler (only tensor rebuilds, storages and
-    OrderedDict are allowed) and the raw little-endian storages beside it.
-    """
-    import pickle
-    import zipfile
-
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise ValueError(f"weights: {path} is not a torch zip checkpoint (legacy .pth files "
-                         "are not supported; re-save with torch >= 1.6)") from None
-    pkl = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
-    if pkl is None:
-        raise ValueError(f"weights: {path} has no data.pkl")
-    prefix = pkl[: -len("data.pkl")]
-
-    def load_storage(dtype: Any, key: str, numel: int) -> np.ndarray:
-        raw = archive.read(f"{prefix}data/{key}")
-        if dtype == "bf16":
-            return (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
-        return np.frombuffer(raw, dtype)[:numel]
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-                return _rebuild_tensor
-            if module == "torch._utils" and name == "_rebuild_parameter":
-                return lambda data, *_: data
-            if module == "torch" and name in _STORAGE_DTYPES:
-                return _STORAGE_DTYPES[name]
-            if module == "collections" and name == "OrderedDict":
-                import collections
-
-                return collections.OrderedDict
-            raise ValueError(f"weights: {path} holds an unsupported object {module}.{name}")
-
-        def persistent_load(self, pid: Any) -> np.ndarray:
-            _, dtype, key, _location, numel = pid
-            return load_storage(dtype, key, numel)
-
-    blob = Unpickler(archive.open(pkl)).load()
-    sd = blob.get("model", blob) if isinstance(blob, dict) else blob
-    return {k: np.asarray(v, np.float32) for k, v in sd.items() if isinstance(v, np.ndarray)}
 
 
 def _read_folder(src: pathlib.Path) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
@@ -153,6 +63,25 @@ def _hash_sizes(value: Any) -> tuple[int, ...]:
     return tuple(int(x) for x in value)
 
 
+_STACKS = ("local_encoder", "global", "local_decoder")
+_HF_STACK = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads"}
+
+
+def _stack_fields(get: Callable[[str, str], Any]) -> dict[str, Any]:
+    """dim_S, n_layers_S and n_heads_S of the BLT's three stacks S; get(S, field) reads them."""
+    return {f"{field}_{stack}": get(stack, field) for stack in _STACKS
+            for field in ("dim", "n_layers", "n_heads")}
+
+
+def _hash_fields(src: Mapping[str, Any], vocab: int, nb_functions: int) -> dict[str, Any]:
+    """The hash n-gram fields: the same keys in params.json and HF config.json, other defaults."""
+    return dict(
+        encoder_hash_byte_group_size=_hash_sizes(src.get("encoder_hash_byte_group_size")),
+        encoder_hash_byte_group_vocab=int(src.get("encoder_hash_byte_group_vocab", vocab)),
+        encoder_hash_byte_group_nb_functions=int(src.get("encoder_hash_byte_group_nb_functions",
+                                                         nb_functions)))
+
+
 def patching_from_reference(p: Mapping[str, Any]) -> dict[str, Any]:
     mode = p.get("patching_mode", "entropy")
     if mode == "entropy":
@@ -181,26 +110,19 @@ def blt_config_from_reference(m: Mapping[str, Any], patcher: Mapping[str, Any]
     _need(not m.get("encoder_enable_byte_ngrams", False), "frequency n-gram tables unsupported")
     _need(m.get("patching_mode", "entropy") != "", "the BOE-prefix static mode is not supported")
     if m.get("head_dim") is not None:
-        for d, h in [("dim_local_encoder", "n_heads_local_encoder"), ("dim_global", "n_heads_global"),
-                     ("dim_local_decoder", "n_heads_local_decoder")]:
+        for d, h in [(f"dim_{s}", f"n_heads_{s}") for s in _STACKS]:
             _need(m[d] // m[h] == m["head_dim"], f"head_dim {m['head_dim']} != {d}/{h}")
     attn = m.get("attn_bias_type", "causal")
     _need(attn in ("causal", "block_causal", "local_block_causal"),
           f"attn_bias_type {attn!r} unsupported")
     fields = dict(
-        dim_local_encoder=m["dim_local_encoder"], n_layers_local_encoder=m["n_layers_local_encoder"],
-        n_heads_local_encoder=m["n_heads_local_encoder"], dim_global=m["dim_global"],
-        n_layers_global=m["n_layers_global"], n_heads_global=m["n_heads_global"],
-        n_kv_heads_global=m.get("n_kv_heads_global"), dim_local_decoder=m["dim_local_decoder"],
-        n_layers_local_decoder=m["n_layers_local_decoder"],
-        n_heads_local_decoder=m["n_heads_local_decoder"], n_kv_heads=m.get("n_kv_heads"),
+        _stack_fields(lambda stack, field: m[f"{field}_{stack}"]),  # the same names
+        n_kv_heads_global=m.get("n_kv_heads_global"), n_kv_heads=m.get("n_kv_heads"),
         cross_attn_k=m.get("cross_attn_k") or 1, cross_attn_nheads=m["cross_attn_nheads"],
         cross_attn_all_layers_encoder=bool(m.get("cross_attn_all_layers_encoder", False)),
         cross_attn_all_layers_decoder=bool(m.get("cross_attn_all_layers_decoder", False)),
         local_attention_window_len=m.get("local_attention_window_len") or 512,
-        encoder_hash_byte_group_size=_hash_sizes(m.get("encoder_hash_byte_group_size")),
-        encoder_hash_byte_group_vocab=int(m.get("encoder_hash_byte_group_vocab", 30000)),
-        encoder_hash_byte_group_nb_functions=int(m.get("encoder_hash_byte_group_nb_functions", 3)),
+        **_hash_fields(m, vocab=30000, nb_functions=3),
         rope_theta=float(m.get("rope_theta", 10000.0)), norm_eps=float(m.get("norm_eps", 1e-5)),
         multiple_of=int(m.get("multiple_of", 256)),
         ffn_dim_multiplier=float(m.get("ffn_dim_multiplier") or 1.0),
@@ -252,21 +174,16 @@ def configs_from_hf(c: Mapping[str, Any]) -> tuple[ml_collections.ConfigDict,
         patching_mode=c.get("patching_mode", "entropy"), threshold=c.get("patching_threshold",
                                                                           1.335442066192627),
         max_patch_length=c.get("max_patch_length"), patch_size=c.get("patch_size", 4.5)))
+    subs = dict(zip(_STACKS, (enc, glob, dec)))
     blt_cfg = config.validate(config.blt_config(
-        dim_local_encoder=enc["hidden_size"], n_layers_local_encoder=enc["num_hidden_layers"],
-        n_heads_local_encoder=enc["num_attention_heads"], dim_global=glob["hidden_size"],
-        n_layers_global=glob["num_hidden_layers"], n_heads_global=glob["num_attention_heads"],
-        n_kv_heads_global=glob.get("num_key_value_heads"), dim_local_decoder=dec["hidden_size"],
-        n_layers_local_decoder=dec["num_hidden_layers"],
-        n_heads_local_decoder=dec["num_attention_heads"],
+        **_stack_fields(lambda stack, field: subs[stack][_HF_STACK[field]]),
+        n_kv_heads_global=glob.get("num_key_value_heads"),
         n_kv_heads=kv_local if kv_local != enc["num_attention_heads"] else None,
         cross_attn_k=c.get("cross_attn_k", 2), cross_attn_nheads=enc["num_attention_heads"],
         cross_attn_all_layers_encoder=bool(enc.get("cross_attn_all_layers", False)),
         cross_attn_all_layers_decoder=bool(dec.get("cross_attn_all_layers", True)),
         local_attention_window_len=enc.get("sliding_window") or 512,
-        encoder_hash_byte_group_size=_hash_sizes(c.get("encoder_hash_byte_group_size")),
-        encoder_hash_byte_group_vocab=int(c.get("encoder_hash_byte_group_vocab", 500002)),
-        encoder_hash_byte_group_nb_functions=int(c.get("encoder_hash_byte_group_nb_functions", 1)),
+        **_hash_fields(c, vocab=500002, nb_functions=1),
         rope_theta=_theta(glob, 500000.0), norm_eps=float(enc.get("rms_norm_eps", 1e-5)),
         multiple_of=multiple_of, patching=patching))
     p = c.get("patcher_config")
