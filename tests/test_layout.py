@@ -1,5 +1,5 @@
-"""The package layout holds: no import cycles (lazy imports included), small modules, and the
-documented short names still import."""
+"""The package layout holds: no import cycles (lazy imports included), small modules, no kind
+switches outside the per-kind objects, and the documented short names still import."""
 
 import ast
 import pathlib
@@ -92,3 +92,63 @@ def test_documented_short_names_import():
     assert blt_jax.patching is patching and blt_jax.hashing is hashing
     assert callable(blt_jax.load) and callable(patching.patch_buffer)
     assert blt_jax.tokenizer is tokenizer
+
+
+# Where comparing kind names is allowed: the per-kind objects themselves and the CLI.
+KIND_OWNERS = {"model/kinds.py", "tools/cli.py"}
+_COMPARISONS = (ast.Eq, ast.NotEq, ast.In, ast.NotIn)
+
+
+def _is_kind(node: ast.AST) -> bool:
+    """`kind`, `x_kind`, `cfg.kind`, `cfg.model.kind`, `model.kind.name` or `run["kind"]`."""
+    if isinstance(node, ast.Attribute) and node.attr == "name":
+        node = node.value
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and node.slice.value == "kind"
+    name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+    return name == "kind" or name.endswith("_kind")
+
+
+def _is_kind_name(node: ast.AST) -> bool:
+    """A string literal, or a literal tuple/list/set of them ("blt", ("blt", "entropy"))."""
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return bool(node.elts) and all(_is_kind_name(e) for e in node.elts)
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def _kind_comparisons(source: str) -> list[int]:
+    """Lines that compare a kind with kind names: `kind == "blt"`, `cfg.kind in ("a", "b")`.
+
+    Asking the kind object (`kind.decoder is None`) and checking a name against a vocabulary
+    variable (`kind not in KINDS`) are not switches.
+    """
+    lines = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        operands = [node.left, *node.comparators]
+        for op, a, b in zip(node.ops, operands, operands[1:]):
+            if isinstance(op, _COMPARISONS) and (_is_kind(a) and _is_kind_name(b)
+                                                 or _is_kind_name(a) and _is_kind(b)):
+                lines.add(node.lineno)
+    return sorted(lines)
+
+
+def test_kind_checker_finds_kind_switches():
+    src = ("if cfg.kind == 'blt':\n    pass\n"           # 1
+           "x = kind in ('blt', 'entropy')\n"             # 3
+           "for kind in ('a', 'b'):\n    pass\n"          # 4-5: a loop, not a comparison
+           "y = model.kind.name != 'bpe'\n"               # 6
+           "z = 'bpe' == run['kind']\n"                   # 7
+           "w = cfg.model.kind not in ['blt']\n"          # 8
+           "v = cfg.mode == 'space' and kind.decoder is None\n"  # 9: asks the kind object
+           "u = kind not in KINDS or a_kind == b_kind\n"  # 10: vocabulary check, two kinds
+           "t = 1 < cfg.model_kind == 'transformer'\n")   # 11: chained
+    assert _kind_comparisons(src) == [1, 3, 6, 7, 8, 11]
+
+
+def test_no_kind_switches_outside_the_per_kind_objects():
+    found = {f"{rel}:{line}" for p in PKG.rglob("*.py")
+             if (rel := str(p.relative_to(PKG))) not in KIND_OWNERS
+             for line in _kind_comparisons(p.read_text())}
+    assert not found, sorted(found)
