@@ -50,7 +50,8 @@ def bench_batch() -> dict[str, np.ndarray]:
             "patch_lengths": z["patch_lengths_balanced"].astype(np.int32)}
 
 
-def experiment(kind: str, precision: str, rows: int, seq_len: int, p_max: int) -> Any:
+def experiment(kind: str, precision: str, rows: int, seq_len: int, p_max: int,
+               grad_accum: int = 1) -> Any:
     if kind == "blt":
         model = config.model_preset("blt_bench")
     else:  # the latent transformer's shape over byte ids
@@ -58,11 +59,12 @@ def experiment(kind: str, precision: str, rows: int, seq_len: int, p_max: int) -
                                           vocab_size=260)
     model.dtype = precision
     c = config.experiment_config("blt" if kind == "blt" else "bpe", model)
-    c.model.patching.mode = "static"  # unused: the batch carries its patch lengths
+    if kind == "blt":  # unused: the batch carries its patch lengths
+        c.model.patching.update(mode="static", patch_size=4)
     c.data.update(seq_len=seq_len, batch_size=rows, p_max=p_max)
     c.optim.update(lr=4e-4, weight_decay=0.1, b1=0.9, b2=0.95, eps=1e-8, clip=10.0,
                    warmup_steps=0, schedule="constant")
-    c.train.steps = 1_000_000
+    c.train.update(steps=1_000_000, grad_accum=grad_accum)
     return c
 
 
@@ -85,16 +87,16 @@ def matmul_peak(dtype: Any, n: int = 2048, repeats: int = 7) -> float:
     return 2 * n ** 3 / best
 
 
-def run_step(kind: str, precision: str, batch: dict[str, np.ndarray], steps: int
-             ) -> dict[str, Any]:
+def run_step(kind: str, precision: str, batch: dict[str, np.ndarray], steps: int,
+             grad_accum: int = 1) -> dict[str, Any]:
     rows = batch["ids"].shape[0]
     if kind == "token":
         t = batch["patch_lengths"].shape[1]  # as many ids as the BLT has patches
         batch = {"ids": batch["ids"][:, :t], "targets": batch["targets"][:, :t],
                  "mask": batch["mask"][:, :t]}
     seq_len = batch["ids"].shape[1]
-    cfg = experiment(kind, precision, rows, seq_len, batch.get("patch_lengths",
-                                                               np.zeros((1, 0))).shape[1])
+    cfg = experiment(kind, precision, rows, seq_len,
+                     batch.get("patch_lengths", np.zeros((1, 0))).shape[1], grad_accum)
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     trainer = Trainer(cfg, mesh)
     state = trainer.init_state()
@@ -150,35 +152,59 @@ def component_split(precision: str, batch: dict[str, np.ndarray], steps: int
     g = lat(patches)
     logits = dec(h, g, pos, seg, dec_ids)
 
-    def fwd_bwd(module: nnx.Module, f: Callable[..., jax.Array], *xs: jax.Array) -> float:
+    consts = {"ids": ids, "pos": pos, "seg": seg, "patch_ids": patch_ids, "dec_ids": dec_ids}
+
+    def fwd_bwd(module: nnx.Module, f: Callable[..., Any], *xs: jax.Array) -> float:
+        """Median seconds of jit(grad) of f(module, consts, *xs) w.r.t. params and xs (the
+        integer inputs are arguments, not constants, so XLA cannot fold them)."""
         gdef, params = nnx.split(module)
 
-        def loss(prm: Any, *a: jax.Array) -> jax.Array:
-            out = f(nnx.merge(gdef, prm), *a)
-            return jnp.sum(out.astype(jnp.float32) * 1e-3)
-        g_fn = jax.jit(jax.grad(loss, argnums=tuple(range(1 + len(xs)))))
-        jax.block_until_ready(g_fn(params, *xs))
-        return timeit(lambda: g_fn(params, *xs), steps)[0]
+        def loss(prm: Any, c: dict[str, jax.Array], *a: jax.Array) -> jax.Array:
+            out = f(nnx.merge(gdef, prm), c, *a)
+            return sum(jnp.sum(o.astype(jnp.float32)) * 1e-3 for o in jax.tree.leaves(out))
+        g_fn = jax.jit(jax.grad(loss, argnums=(0,) + tuple(range(2, 2 + len(xs)))))
+        jax.block_until_ready(g_fn(params, consts, *xs))
+        return timeit(lambda: g_fn(params, consts, *xs), steps)[0]
 
     out: dict[str, float] = {}
-    out["embeddings (byte + hash)"] = fwd_bwd(enc, lambda m: m.embed(ids))
-    out["local encoder"] = fwd_bwd(enc, lambda m: sum(
-        x.astype(jnp.float32).sum() for x in m(ids, pos, seg, patch_ids, p)))
+    out["embeddings (byte + hash)"] = fwd_bwd(enc, lambda m, c: m.embed(c["ids"]))
+    out["local encoder"] = fwd_bwd(
+        enc, lambda m, c: m(c["ids"], c["pos"], c["seg"], c["patch_ids"], p))
     e = enc.embed(ids)
     q0 = enc.init_queries(e, patch_ids, p)
     out["  of which encoder cross-attention"] = fwd_bwd(
-        enc, lambda m, q, hh: m.cross_attend(m.cross_attn_layers[0], q, hh, patch_ids), q0, e)
-    out["latent transformer"] = fwd_bwd(lat, lambda m, x: m(x), patches)
+        enc, lambda m, c, q, hh: m.cross_attend(m.cross_attn_layers[0], q, hh, c["patch_ids"]),
+        q0, e)
+    out["latent transformer"] = fwd_bwd(lat, lambda m, c, x: m(x), patches)
     out["local decoder (with logits)"] = fwd_bwd(
-        dec, lambda m, hh, gg: m(hh, gg, pos, seg, dec_ids), h, g)
+        dec, lambda m, c, hh, gg: m(hh, gg, c["pos"], c["seg"], c["dec_ids"]), h, g)
     z = dec.patch_rows(g)
     out["  of which decoder cross-attentions"] = len(dec.cross_attn_layers) * fwd_bwd(
-        dec, lambda m, hh, zz: m.cross_attend(m.cross_attn_layers[0], hh, zz, dec_ids), h, z)
+        dec, lambda m, c, hh, zz: m.cross_attend(m.cross_attn_layers[0], hh, zz, c["dec_ids"]),
+        h, z)
+    from blt_jax.model.transformer import causal_attend, local_attend
+
+    def attn_time(make: Callable[[dict[str, jax.Array]], Any], heads: int, dim: int,
+                  length: int) -> float:
+        x = jax.random.normal(jax.random.key(0), (b, length, heads, dim // heads))
+        f = jax.jit(jax.grad(lambda c, q, k, v: jnp.sum(make(c)(q, k, v) * 1e-3),
+                             argnums=(1, 2, 3)))
+        jax.block_until_ready(f(consts, x, x, x))
+        return timeit(lambda: f(consts, x, x, x), steps)[0]
+
+    mc = cfg.model
+    n_local = mc.n_layers_local_encoder + mc.n_layers_local_decoder
+    out[f"  local self-attention kernels ({n_local} layers)"] = n_local * attn_time(
+        lambda c: local_attend(mc, c["seg"], mc.local_attention_window_len),
+        mc.n_heads_local_encoder, mc.dim_local_encoder, n)
+    out[f"  latent self-attention kernels ({mc.n_layers_global} layers)"] = \
+        mc.n_layers_global * attn_time(lambda c: causal_attend(mc, b, p), mc.n_heads_global,
+                                       mc.dim_global, p)
     targets = jnp.asarray(batch["targets"])
-    ce = jax.jit(jax.grad(lambda lg: -jnp.take_along_axis(
-        jax.nn.log_softmax(lg, -1), targets[..., None], -1).mean()))
-    jax.block_until_ready(ce(logits))
-    out["loss (log-softmax + CE)"] = timeit(lambda: ce(logits), steps)[0]
+    ce = jax.jit(jax.grad(lambda lg, y: -jnp.take_along_axis(
+        jax.nn.log_softmax(lg, -1), y[..., None], -1).mean()))
+    jax.block_until_ready(ce(logits, targets))
+    out["loss (log-softmax + CE)"] = timeit(lambda: ce(logits, targets), steps)[0]
     params = nnx.state(model, nnx.Param)
     tx = optim.make(cfg.optim, cfg.train.steps)
     opt = tx.init(params)
@@ -194,6 +220,8 @@ def main() -> None:
     ap.add_argument("--precisions", default="float32,bfloat16")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median) after warm-up")
     ap.add_argument("--no-split", action="store_true", help="skip the per-component split")
+    ap.add_argument("--grad-accum", type=int, default=1,
+                    help="micro-batches per step (same maths; smaller temporaries)")
     a = ap.parse_args()
     batch = bench_batch()
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} "
@@ -205,7 +233,7 @@ def main() -> None:
     runs = []
     for precision in a.precisions.split(","):
         for kind in a.models.split(","):
-            r = run_step(kind, precision, batch, a.steps)
+            r = run_step(kind, precision, batch, a.steps, a.grad_accum)
             r["mfu"] = r["model_flops"] / r["step_s"] / peaks[precision]
             ref = REFERENCE_S.get((kind, precision))
             r["reference_step_s"] = ref

@@ -21,58 +21,110 @@ import jax
 import jax.numpy as jnp
 
 _NEG = -1e30
+# Score tensors at least this large (elements) are computed one (row, kv head) at a time.
+_MAP_SCORES = 1 << 21
 
 
-def _masked_softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
-    """fp32 softmax over the last axis that is exactly 0 on fully masked rows (no NaN)."""
-    scores = jnp.where(mask, scores.astype(jnp.float32), _NEG)
-    e = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True))) * mask
-    denom = e.sum(-1, keepdims=True)
-    return e / jnp.where(denom > 0, denom, 1.0)
+def _softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
+    """fp32 softmax over the last axis that is exactly 0 on fully masked rows (no NaN).
+
+    One select, then ``jax.nn.softmax`` (its custom JVP keeps the backward to one fused pass);
+    the row test is taken on the (head-free) mask, so it costs nothing per head.
+    """
+    w = jax.nn.softmax(jnp.where(mask, scores.astype(jnp.float32), _NEG), axis=-1)
+    return jnp.where(mask.any(-1, keepdims=True), w, 0.0)
 
 
 def dense_attention(q_BxQxHxD: jax.Array, k_BxKxGxD: jax.Array, v_BxKxGxD: jax.Array,
                     mask_BxQxK: jax.Array) -> jax.Array:
     b, nq, h, d = q_BxQxHxD.shape
     g = k_BxKxGxD.shape[2]
-    q = q_BxQxHxD.reshape(b, nq, g, h // g, d)
-    s = jnp.einsum("bqgrd,bkgd->bgrqk", q, k_BxKxGxD, preferred_element_type=jnp.float32)
-    w = _masked_softmax(s / math.sqrt(d), mask_BxQxK[:, None, None])
-    out = jnp.einsum("bgrqk,bkgd->bqgrd", w.astype(v_BxKxGxD.dtype), v_BxKxGxD)
-    return out.reshape(b, nq, h, d)
+    # heads-major operands: the two dots are plain batched matmuls
+    q_BxGxRxQxD = q_BxQxHxD.reshape(b, nq, g, h // g, d).transpose(0, 2, 3, 1, 4)
+    k_BxGxKxD = k_BxKxGxD.transpose(0, 2, 1, 3)
+    v_BxGxKxD = v_BxKxGxD.transpose(0, 2, 1, 3)
+    scale = 1.0 / math.sqrt(d)
+
+    def body(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+        s = jnp.einsum("...rqd,...kd->...rqk", q * scale, k, preferred_element_type=jnp.float32)
+        w = _softmax(s, mask[..., None, :, :])
+        return jnp.einsum("...rqk,...kd->...rqd", w.astype(v.dtype), v)
+
+    if b * h * nq * k_BxKxGxD.shape[1] >= _MAP_SCORES:
+        out = _map_heads(body, q_BxGxRxQxD, k_BxGxKxD, v_BxGxKxD, mask_BxQxK)
+    else:
+        out = body(q_BxGxRxQxD, k_BxGxKxD, v_BxGxKxD, mask_BxQxK[:, None])
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, nq, h, d)
+
+
+def _map_heads(body, q_BxGx: jax.Array, k_BxGx: jax.Array, v_BxGx: jax.Array,
+               mask_Bx: jax.Array) -> jax.Array:
+    """Runs ``body(q, k, v, mask)`` once per (row, kv head) under a rematerialised lax.map.
+
+    Each iteration's scores stay a few MiB (cache-resident, buffers reused), where one batched
+    call materialises B·G times that and pays page faults and full-size transposes for it on
+    XLA:CPU; the backward recomputes one slice at a time for the same reason.
+    """
+    b, g = q_BxGx.shape[:2]
+    flat = lambda x: x.reshape((b * g,) + x.shape[2:])  # noqa: E731
+
+    def one(args: tuple[jax.Array, ...]) -> jax.Array:
+        q, k, v, i = args
+        return body(q, k, v, mask_Bx[i // g])
+
+    out = jax.lax.map(jax.checkpoint(one), (flat(q_BxGx), flat(k_BxGx), flat(v_BxGx),
+                                            jnp.arange(b * g)))
+    return out.reshape((b, g) + out.shape[1:])
 
 
 def local_attention(q_BxNxHxD: jax.Array, k_BxNxGxD: jax.Array, v_BxNxGxD: jax.Array,
                     seg_BxN: jax.Array, window: int, block: int = 128) -> jax.Array:
-    """Query i sees key j iff 0 <= i - j < window and seg(i) == seg(j), blockwise."""
+    """Query i sees key j iff 0 <= i - j < window and seg(i) == seg(j), blockwise.
+
+    Queries go in blocks of C; block n reads key blocks n-m..n (m = ceil((W-1)/C)), laid out
+    heads-major so each block is one (R·C x D) @ (D x (m+1)C) matmul, one (row, kv head) at a
+    time. A window that covers the row is plain causal attention.
+    """
     b, n, h, d = q_BxNxHxD.shape
     g = k_BxNxGxD.shape[2]
+    r = h // g
+    if window >= n:
+        return causal_attention(q_BxNxHxD, k_BxNxGxD, v_BxNxGxD, seg_BxN, chunk=n)
     c = max(1, min(block, n))
     nb = -(-n // c)
-    m = -(-(window - 1) // c) if window > 1 else 0  # previous blocks a query block can reach
+    m = min(-(-(window - 1) // c) if window > 1 else 0, nb - 1)  # key blocks behind a query block
     tail = nb * c - n
 
-    def pad(x: jax.Array, front: int, fill: float | int = 0) -> jax.Array:
+    def blocks(x: jax.Array, front: int, fill: float | int = 0) -> jax.Array:
         widths = [(0, 0)] * x.ndim
         widths[1] = (front, tail)
-        return jnp.pad(x, widths, constant_values=fill)
+        x = jnp.pad(x, widths, constant_values=fill)
+        return x.reshape((b, x.shape[1] // c, c) + x.shape[2:])
 
     def windows(x: jax.Array) -> jax.Array:  # (B, nb+m, C, ...) -> (B, nb, (m+1)C, ...)
-        xs = jnp.stack([x[:, s: s + nb] for s in range(m + 1)], axis=2)
-        return xs.reshape(xs.shape[:2] + ((m + 1) * c,) + xs.shape[4:])
+        return jnp.concatenate([x[:, s: s + nb] for s in range(m + 1)], axis=2)
 
-    q = pad(q_BxNxHxD, 0).reshape(b, nb, c, g, h // g, d)
-    k = windows(pad(k_BxNxGxD, m * c).reshape((b, nb + m, c, g, d)))
-    v = windows(pad(v_BxNxGxD, m * c).reshape((b, nb + m, c, g, d)))
-    seg_q = pad(seg_BxN, 0, -1).reshape(b, nb, c)
-    seg_k = windows(pad(seg_BxN, m * c, -2).reshape(b, nb + m, c))
+    # q: (B, G, nb, R, C, D);  k, v: (B, G, nb, (m+1)C, D)
+    q = blocks(q_BxNxHxD, 0).reshape(b, nb, c, g, r, d).transpose(0, 3, 1, 4, 2, 5)
+    k = windows(blocks(k_BxNxGxD, m * c)).transpose(0, 3, 1, 2, 4)
+    v = windows(blocks(v_BxNxGxD, m * c)).transpose(0, 3, 1, 2, 4)
+    seg_q = blocks(seg_BxN, 0, -1)  # (B, nb, C)
+    seg_k = windows(blocks(seg_BxN, m * c, -2))  # (B, nb, (m+1)C)
     pos_q = jnp.arange(nb * c).reshape(nb, c)
     pos_k = windows((jnp.arange((nb + m) * c) - m * c).reshape(1, nb + m, c))[0]
     delta = pos_q[:, :, None] - pos_k[:, None, :]  # (nb, C, (m+1)C)
     mask = ((delta >= 0) & (delta < window))[None] & (seg_q[..., None] == seg_k[:, :, None, :])
-    s = jnp.einsum("bncgrd,bnkgd->bngrck", q, k, preferred_element_type=jnp.float32)
-    w = _masked_softmax(s / math.sqrt(d), mask[:, :, None, None])
-    out = jnp.einsum("bngrck,bnkgd->bncgrd", w.astype(v.dtype), v)
+    scale = 1.0 / math.sqrt(d)
+
+    def body(q_nxRxCxD: jax.Array, k_nxKxD: jax.Array, v_nxKxD: jax.Array,
+             mask_nxCxK: jax.Array) -> jax.Array:
+        s = jnp.einsum("nrcd,nkd->nrck", q_nxRxCxD * scale, k_nxKxD,
+                       preferred_element_type=jnp.float32)
+        w = _softmax(s, mask_nxCxK[:, None])
+        return jnp.einsum("nrck,nkd->nrcd", w.astype(v_nxKxD.dtype), v_nxKxD)
+
+    out = _map_heads(body, q, k, v, mask)  # (B, G, nb, R, C, D)
+    out = out.transpose(0, 2, 4, 1, 3, 5)  # (B, nb, C, G, R, D)
     return out.reshape(b, nb * c, h, d)[:, :n]
 
 
