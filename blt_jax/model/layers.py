@@ -84,15 +84,19 @@ class Embedding(nnx.Module):
 
 
 def rope(x_BxLxHxD: jax.Array, pos_BxL: jax.Array, theta: float) -> jax.Array:
-    """Interleaved-pair rotary embedding: (x[2m], x[2m+1]) rotated by pos · θ^(-2m/D)."""
+    """Interleaved-pair rotary embedding: (x[2m], x[2m+1]) rotated by pos · θ^(-2m/D).
+
+    Written as x·cos + pairswap(x)·sin with per-lane tables, so it stays one elementwise
+    fusion in the input's layout (no stack/transpose of the pairs).
+    """
     d = x_BxLxHxD.shape[-1]
-    freqs = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-    ang = pos_BxL.astype(jnp.float32)[:, :, None] * freqs[None, None, :]
-    cos, sin = jnp.cos(ang)[:, :, None, :], jnp.sin(ang)[:, :, None, :]
-    x = x_BxLxHxD.astype(jnp.float32).reshape(x_BxLxHxD.shape[:-1] + (d // 2, 2))
-    x0, x1 = x[..., 0], x[..., 1]
-    out = jnp.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
-    return out.reshape(x_BxLxHxD.shape).astype(x_BxLxHxD.dtype)
+    freqs = jnp.repeat(1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d)), 2)
+    ang = pos_BxL.astype(jnp.float32)[:, :, None, None] * freqs[None, None, None]  # (B, L, 1, D)
+    sign = jnp.tile(jnp.array([-1.0, 1.0], jnp.float32), d // 2)  # (-x1, x0) per pair
+    x = x_BxLxHxD.astype(jnp.float32)
+    swapped = jnp.flip(x.reshape(x.shape[:-1] + (d // 2, 2)), axis=-1).reshape(x.shape)
+    return (x * jnp.cos(ang) + swapped * (sign[None, None, None] * jnp.sin(ang))).astype(
+        x_BxLxHxD.dtype)
 
 
 class Attention(nnx.Module):

@@ -21,8 +21,12 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("heads", "tensor"),  # query heads x head_dim
     ("kv_heads", "tensor"),  # key/value heads x head_dim
     ("vocab", None),  # 260 byte ids (too small to split)
-    ("hash_vocab", "fsdp"),  # the fused hash n-gram tables: billions of rows at 1B
-    ("hash_embed", "tensor"),
+    # The fused hash n-gram tables (3B rows x d_E at 1B) shard by columns: with rows on fsdp,
+    # batch-sharded ids made XLA all-gather the whole table in the forward and build a full-size
+    # gradient (scatter-add + all-reduce) in the backward, temporaries that did not shrink with
+    # more chips. Columns keep every gather and its scatter-add local to a shard.
+    ("hash_vocab", None),
+    ("hash_embed", "fsdp"),
     ("norm", None),
     # activations
     ("batch", ("data", "fsdp")),
