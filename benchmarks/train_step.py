@@ -106,6 +106,9 @@ def run_step(kind: str, precision: str, batch: dict[str, np.ndarray], steps: int
     with jax.set_mesh(mesh):
         compiled = trainer.train_step.lower(state, dev, None).compile()
     compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
     holder = {"state": state}
 
     def step() -> Any:
@@ -123,7 +126,7 @@ def run_step(kind: str, precision: str, batch: dict[str, np.ndarray], steps: int
     return {"model": kind, "precision": precision, "params": n_params,
             "first_loss": float(first["nll"] / first["n_targets"]),
             "step_s": median, "steps_s": times, "compile_s": compile_s,
-            "bytes_per_s": text_bytes / median, "model_flops": 3 * fwd}
+            "bytes_per_s": text_bytes / median, "model_flops": 3 * fwd, "xla_flops": xla_flops}
 
 
 def component_split(precision: str, batch: dict[str, np.ndarray], steps: int
@@ -235,13 +238,18 @@ def main() -> None:
         for kind in a.models.split(","):
             r = run_step(kind, precision, batch, a.steps, a.grad_accum)
             r["mfu"] = r["model_flops"] / r["step_s"] / peaks[precision]
+            # what the step could reach if every FLOP XLA executes ran at the dot peak
+            r["ceiling_bytes_per_s"] = r["bytes_per_s"] * r["step_s"] / (
+                r["xla_flops"] / peaks[precision]) if r["xla_flops"] else None
             ref = REFERENCE_S.get((kind, precision))
             r["reference_step_s"] = ref
             r["speedup_vs_reference"] = ref / r["step_s"] if ref else None
             runs.append(r)
             print(f"{kind:6s} {precision:9s} step {r['step_s']:7.3f} s  "
                   f"{r['bytes_per_s']:8.0f} bytes/s  compile {r['compile_s']:5.1f} s  "
-                  f"MFU {100 * r['mfu']:5.1f}%  loss0 {r['first_loss']:.5f}  "
+                  f"MFU {100 * r['mfu']:5.1f}%  XLA {r['xla_flops'] / 1e9:5.0f} GFLOP "
+                  f"(ceiling {r['ceiling_bytes_per_s'] or 0:6.0f} bytes/s)  "
+                  f"loss0 {r['first_loss']:.5f}  "
                   f"x{r['speedup_vs_reference']:.2f} vs reference ({ref} s)", flush=True)
     by = {(r["model"], r["precision"]): r for r in runs}
     for precision in a.precisions.split(","):
