@@ -196,8 +196,6 @@ class Blt(Kind):
         stored_patching = stored.get("model", {}).get("patching")
         if stored_patching is not None:
             recorded["model.patching.threshold"] = stored_patching.threshold
-        if cfg.data.p_max <= 0 and stored.get("data", {}).get("p_max", 0) > 0:
-            recorded["data.p_max"] = stored.data.p_max  # the buffer sized at calibration
         return config.replaced(cfg, recorded)
 
     def summary(self, cfg: ml_collections.ConfigDict, p_max: int) -> dict[str, Any]:

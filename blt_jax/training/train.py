@@ -111,22 +111,9 @@ def calibrate_threshold(cfg: ml_collections.ConfigDict,
         rows, target, mode="monotonic" if rule.mode == "monotonic" else "global",
         max_patch_length=rule.max_patch_length)
     rule = rule.replace(threshold=float(theta))
-    counts = np.array([len(patching.patch_lengths(None, r, rule, include_next=False))
-                       for r in rows])
+    n = sum(len(patching.patch_lengths(None, r, rule, include_next=False)) for r in rows)
     return {"target_bytes_per_patch": target, "threshold": float(theta),
-            "measured_bytes_per_patch": sum(len(r) for r in rows) / counts.sum(),
-            "rows": len(rows), "p_max": p_max_from_counts(counts, cfg.data.seq_len)}
-
-
-P_MAX_QUANTILE = 0.99  # rows whose patches overflow the static buffer: about 1 - this
-
-
-def p_max_from_counts(counts: np.ndarray, seq_len: int) -> int:
-    """The static patch buffer for measured patches per row: their 99th percentile, plus the
-    virtual next-byte position (include-next). A fixed 1.5x of the mean padded 35% of the
-    quickstart BLT's latent slots; the quantile pads only what the rows' spread needs."""
-    q = int(np.ceil(np.quantile(np.asarray(counts), P_MAX_QUANTILE)))
-    return int(min(seq_len + 1, max(2, q + 1)))
+            "measured_bytes_per_patch": sum(len(r) for r in rows) / n, "rows": len(rows)}
 
 
 def _bpe_tokenizer(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, docs: Any
@@ -236,8 +223,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
         if kind.calibrates(cfg) and not checkpoint.steps(workdir):
             cal = calibrate_threshold(cfg, factory.entropy_fn(patcher))  # same on every process
             recorded["model.patching.threshold"] = cal["threshold"]
-            if cfg.data.p_max <= 0:  # auto: sized from the same rows, kept on resume
-                recorded["data.p_max"] = cal["p_max"]
             if lead:
                 (workdir / "threshold.json").write_text(json.dumps(cal, indent=2))
         cfg = config.replaced(cfg, recorded)
