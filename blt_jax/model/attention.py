@@ -43,23 +43,26 @@ def dense_attention(q_BxQxHxD: jax.Array, k_BxKxGxD: jax.Array, v_BxKxGxD: jax.A
     q_BxGxRxQxD = q_BxQxHxD.reshape(b, nq, g, h // g, d).transpose(0, 2, 3, 1, 4)
     k_BxGxKxD = k_BxKxGxD.transpose(0, 2, 1, 3)
     v_BxGxKxD = v_BxKxGxD.transpose(0, 2, 1, 3)
-    scale = 1.0 / math.sqrt(d)
-
-    def body(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-        s = jnp.einsum("...rqd,...kd->...rqk", q * scale, k, preferred_element_type=jnp.float32)
-        w = _softmax(s, mask[..., None, :, :])
-        return jnp.einsum("...rqk,...kd->...rqd", w.astype(v.dtype), v)
-
     if b * h * nq * k_BxKxGxD.shape[1] >= _MAP_SCORES:
-        out = _map_heads(body, q_BxGxRxQxD, k_BxGxKxD, v_BxGxKxD, mask_BxQxK)
+        out = _map_heads(q_BxGxRxQxD, k_BxGxKxD, v_BxGxKxD, mask_BxQxK)
     else:
-        out = body(q_BxGxRxQxD, k_BxGxKxD, v_BxGxKxD, mask_BxQxK[:, None])
+        out = _attend(q_BxGxRxQxD, k_BxGxKxD, v_BxGxKxD, mask_BxQxK[:, None])
     return out.transpose(0, 3, 1, 2, 4).reshape(b, nq, h, d)
 
 
-def _map_heads(body, q_BxGx: jax.Array, k_BxGx: jax.Array, v_BxGx: jax.Array,
+def _attend(q_XxRxQxD: jax.Array, k_XxKxD: jax.Array, v_XxKxD: jax.Array,
+            mask_XxQxK: jax.Array) -> jax.Array:
+    """The attention core over any leading batch dims X: R query heads share one kv head."""
+    scale = 1.0 / math.sqrt(q_XxRxQxD.shape[-1])
+    s = jnp.einsum("...rqd,...kd->...rqk", q_XxRxQxD * scale, k_XxKxD,
+                   preferred_element_type=jnp.float32)
+    w = _softmax(s, mask_XxQxK[..., None, :, :])
+    return jnp.einsum("...rqk,...kd->...rqd", w.astype(v_XxKxD.dtype), v_XxKxD)
+
+
+def _map_heads(q_BxGx: jax.Array, k_BxGx: jax.Array, v_BxGx: jax.Array,
                mask_Bx: jax.Array) -> jax.Array:
-    """Runs ``body(q, k, v, mask)`` once per (row, kv head) under a rematerialised lax.map.
+    """Runs :func:`_attend` once per (row, kv head) under a rematerialised lax.map.
 
     Each iteration's scores stay a few MiB (cache-resident, buffers reused), where one batched
     call materialises B·G times that and pays page faults and full-size transposes for it on
@@ -70,7 +73,7 @@ def _map_heads(body, q_BxGx: jax.Array, k_BxGx: jax.Array, v_BxGx: jax.Array,
 
     def one(args: tuple[jax.Array, ...]) -> jax.Array:
         q, k, v, i = args
-        return body(q, k, v, mask_Bx[i // g])
+        return _attend(q, k, v, mask_Bx[i // g])
 
     out = jax.lax.map(jax.checkpoint(one), (flat(q_BxGx), flat(k_BxGx), flat(v_BxGx),
                                             jnp.arange(b * g)))
@@ -114,16 +117,7 @@ def local_attention(q_BxNxHxD: jax.Array, k_BxNxGxD: jax.Array, v_BxNxGxD: jax.A
     pos_k = windows((jnp.arange((nb + m) * c) - m * c).reshape(1, nb + m, c))[0]
     delta = pos_q[:, :, None] - pos_k[:, None, :]  # (nb, C, (m+1)C)
     mask = ((delta >= 0) & (delta < window))[None] & (seg_q[..., None] == seg_k[:, :, None, :])
-    scale = 1.0 / math.sqrt(d)
-
-    def body(q_nxRxCxD: jax.Array, k_nxKxD: jax.Array, v_nxKxD: jax.Array,
-             mask_nxCxK: jax.Array) -> jax.Array:
-        s = jnp.einsum("nrcd,nkd->nrck", q_nxRxCxD * scale, k_nxKxD,
-                       preferred_element_type=jnp.float32)
-        w = _softmax(s, mask_nxCxK[:, None])
-        return jnp.einsum("nrck,nkd->nrcd", w.astype(v_nxKxD.dtype), v_nxKxD)
-
-    out = _map_heads(body, q, k, v, mask)  # (B, G, nb, R, C, D)
+    out = _map_heads(q, k, v, mask)  # (B, G, nb, R, C, D)
     out = out.transpose(0, 2, 4, 1, 3, 5)  # (B, nb, C, G, R, D)
     return out.reshape(b, nb * c, h, d)[:, :n]
 
