@@ -16,6 +16,7 @@ from typing import Any, Callable
 import ml_collections
 from ml_collections import config_dict
 
+from blt_jax.errors import UserError
 from blt_jax.text import patching
 from blt_jax.text.tokenizer import VOCAB_SIZE
 
@@ -34,10 +35,14 @@ def patching_config(mode: str = "global", threshold: float = patching.DEFAULT_TH
 
 
 def patching_rule(cfg: ml_collections.ConfigDict) -> patching.PatchRule:
-    """The validated patching rule of a patching config (ValueError naming a bad field)."""
-    return patching.PatchRule(mode=cfg.mode, threshold=cfg.threshold,
-                              threshold_add=cfg.threshold_add,
-                              max_patch_length=cfg.max_patch_length, patch_size=cfg.patch_size)
+    """The validated patching rule of a patching config (UserError naming a bad field)."""
+    try:
+        return patching.PatchRule(mode=cfg.mode, threshold=cfg.threshold,
+                                  threshold_add=cfg.threshold_add,
+                                  max_patch_length=cfg.max_patch_length,
+                                  patch_size=cfg.patch_size)
+    except ValueError as e:  # PatchRule checks only these user-set fields
+        raise UserError(f"model.patching: {e}") from None
 
 
 def _common(**kw: Any) -> dict[str, Any]:
@@ -130,7 +135,7 @@ MODEL_PRESETS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
 
 def model_preset(name: str) -> ml_collections.ConfigDict:
     if name not in MODEL_PRESETS:
-        raise ValueError(f"model preset: unknown {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+        raise UserError(f"model preset: unknown {name!r}; choose one of {sorted(MODEL_PRESETS)}")
     return MODEL_PRESETS[name]()
 
 
@@ -144,7 +149,7 @@ KINDS = ("blt", "entropy", "bpe")
 def experiment_config(kind: str, model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The full run config written to WORKDIR/config.json (experiments/*.py start from it)."""
     if kind not in KINDS:
-        raise ValueError(f"kind: must be one of {KINDS}, got {kind!r}")
+        raise UserError(f"kind: must be one of {KINDS}, got {kind!r}")
     c = ml_collections.ConfigDict()
     c.kind = kind
     c.model = model
@@ -167,13 +172,18 @@ def experiment_config(kind: str, model: ml_collections.ConfigDict) -> ml_collect
     c.train = ml_collections.ConfigDict(dict(
         steps=1000, grad_accum=1, log_every=10, eval_every=200, eval_batches=8,
         peak_flops=0.0,  # for MFU; 0 -> measured matmul peak of this machine
-        progress=True))
+        progress=True,
+        nonfinite="stop",  # non-finite loss/grad norm: "stop", or "skip" the update
+        max_skipped=10))  # "skip": stop after this many skipped steps
     c.checkpoint = ml_collections.ConfigDict(dict(
         every=200, keep_latest=3, keep_every=0, keep_best=1, pinned_steps=(), async_save=True))
     c.entropy = ml_collections.ConfigDict(dict(
         workdir="",  # trained entropy model (frozen, patches BLT rows); relative to the workdir
         target_bytes_per_patch=0.0,  # > 0: set the threshold from training data
         calibration_docs=256))
+    c.bpe = ml_collections.ConfigDict(dict(  # the token baseline's tokenizer (text/bpe.py)
+        tokenizer_path="",  # a Hugging Face byte-level tokenizer.json; "" -> train a BPE
+        sample_docs=20_000, sample_bytes=100_000_000, seed=0))  # bounded BPE training sample
     c.mesh = ml_collections.ConfigDict(dict(
         shape=(1, -1, 1),  # (data, fsdp, tensor) inside a slice; one size may be -1
         dcn_shape=(1, 1, 1)))  # across slices (multi-slice: data parallel over DCN)
@@ -239,8 +249,8 @@ def replaced(cfg: ml_collections.ConfigDict, fields: dict[str, Any]) -> ml_colle
 
 
 def _need(ok: bool, field: str, msg: str) -> None:
-    if not ok:
-        raise ValueError(f"{field}: {msg}")
+    if not ok:  # e.g. "data.seq_len: must be an integer >= 1, got 0" (then: set it right)
+        raise UserError(f"{field}: {msg}")
 
 
 def _heads(dim: int, heads: int, kv: int | None, prefix: str) -> None:
@@ -265,6 +275,7 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _check_transformer(cfg: ml_collections.ConfigDict) -> None:
     _heads(cfg.dim, cfg.n_heads, cfg.n_kv_heads, "dim/n_heads")
+    _need(cfg.n_layers >= 1, "n_layers", f"must be >= 1, got {cfg.n_layers}")
     _need(cfg.window is None or cfg.window >= 1, "window", "must be >= 1 or None")
     _need(cfg.vocab_size >= 2, "vocab_size", "must be >= 2")
 
@@ -296,6 +307,26 @@ def _check_blt(cfg: ml_collections.ConfigDict) -> None:
     patching_rule(cfg.patching)
 
 
+def validate_run(cfg: ml_collections.ConfigDict) -> None:
+    """Checks the run fields (sizes, intervals) before anything is built or written."""
+    d, t, o = cfg.data, cfg.train, cfg.optim
+    for name, v in (("data.seq_len", d.seq_len), ("data.batch_size", d.batch_size),
+                    ("data.eval_batch_size", d.eval_batch_size), ("train.steps", t.steps),
+                    ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),
+                    ("train.eval_every", t.eval_every), ("checkpoint.every", cfg.checkpoint.every),
+                    ("checkpoint.keep_latest", cfg.checkpoint.keep_latest)):
+        _need(isinstance(v, int) and v >= 1, name, f"must be an integer >= 1, got {v!r}")
+    for name, v in (("data.p_max", d.p_max), ("optim.warmup_steps", o.warmup_steps),
+                    ("train.eval_batches", t.eval_batches), ("data.num_workers", d.num_workers),
+                    ("data.loader_shards", d.loader_shards), ("train.max_skipped", t.max_skipped)):
+        _need(isinstance(v, int) and v >= 0, name, f"must be an integer >= 0, got {v!r}")
+    _need(d.batch_size % t.grad_accum == 0, "train.grad_accum",
+          f"{t.grad_accum} must divide data.batch_size {d.batch_size}")
+    _need(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    _need(t.nonfinite in ("stop", "skip"), "train.nonfinite", f"'stop' or 'skip', got "
+          f"{t.nonfinite!r}")
+
+
 # model.kind -> its checks (the model-config vocabulary; run kinds live in model/kinds.py)
 _MODEL_CHECKS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "transformer": _check_transformer, "blt": _check_blt}
@@ -311,18 +342,18 @@ def load_experiment(path: str, arg: str | None = None) -> ml_collections.ConfigD
         path, arg = path.split(":", 1)
     p = pathlib.Path(path)
     if not p.is_file():
-        raise ValueError(f"config: no such experiment file {path!r}")
+        raise UserError(f"config: no such experiment file {path!r}")
     spec = importlib.util.spec_from_file_location(f"blt_experiment_{p.stem}", p)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)  # type: ignore[union-attr]
     except Exception as e:  # a broken experiment file is a user mistake
-        raise ValueError(f"config: {path} failed to import: {type(e).__name__}: {e}") from e
+        raise UserError(f"config: {path} failed to import: {type(e).__name__}: {e}") from e
     if not callable(getattr(module, "get_config", None)):
-        raise ValueError(f"config: {path} defines no get_config() function")
+        raise UserError(f"config: {path} defines no get_config() function")
     cfg = module.get_config(arg) if arg is not None else module.get_config()
     if not isinstance(cfg, ml_collections.ConfigDict):
-        raise ValueError(f"config: {path}:get_config() must return an ml_collections.ConfigDict")
+        raise UserError(f"config: {path}:get_config() must return an ml_collections.ConfigDict")
     cfg.lock()
     return cfg
 
@@ -352,11 +383,11 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_
     """Applies `--config.a.b=value` strings to a locked config; one-line ValueError on mistakes."""
     for item in overrides:
         if not item.startswith("--config."):
-            raise ValueError(f"unrecognized argument {item!r} (overrides look like "
+            raise UserError(f"unrecognized argument {item!r} (overrides look like "
                              "--config.optim.lr=1e-3)")
         key, sep, text = item[len("--config."):].partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} needs '=value'")
+            raise UserError(f"override {item!r} needs '=value'")
         *parents, leaf = key.split(".")
         node = cfg
         try:
@@ -364,12 +395,12 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_
                 node = node[name]
             current = node[leaf]
         except (KeyError, AttributeError, TypeError):
-            raise ValueError(f"override: config has no field {key!r}") from None
+            raise UserError(f"override: config has no field {key!r}") from None
         if isinstance(current, ml_collections.ConfigDict):
-            raise ValueError(f"override: {key!r} is a group; set one of its fields")
+            raise UserError(f"override: {key!r} is a group; set one of its fields")
         try:
             node[leaf] = _parse_value(text, current)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"override: {key}={text!r} has the wrong type "
-                             f"(field is {type(current).__name__}): {e}") from None
+            raise UserError(f"override: {key}={text!r} has the wrong type "
+                            f"(field is {type(current).__name__}): {e}") from None
     return cfg

@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from blt_jax import paths
+from blt_jax.inference import validate
 from blt_jax.model import factory, kinds
 from blt_jax.model.factory import build_model, read_config  # noqa: F401 (re-exported)
 from blt_jax.text import patching
@@ -20,7 +22,7 @@ class Model:
 
     def __init__(self, workdir: str | pathlib.Path, step: int | None = None,
                  mesh: jax.sharding.Mesh | None = None):
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = paths.path(workdir)
         self.config, weights, self.step = factory.load_weights(workdir, step, mesh)
         self.kind = kinds.of(self.config)
         self.model_config = weights.config
@@ -47,7 +49,7 @@ class Model:
 
     def entropies(self, ids: Any) -> np.ndarray:
         """(B, N) next-byte entropies in nats from this model (entropy kind) or its patcher."""
-        ids = np.atleast_2d(np.asarray(ids, np.int32))
+        ids = validate.ids(ids, self.model_config.vocab_size)
         if self.kind.scores_entropies:
             return self._entropies(ids)
         if self.entropy_model is None:
@@ -64,7 +66,7 @@ class Model:
 
     def logits(self, ids: Any, patch_lengths: Any = None) -> np.ndarray:
         """(B, N, V) float32 logits; BLT patches come from its entropy model unless given."""
-        ids = np.atleast_2d(np.asarray(ids, np.int32))
+        ids = validate.ids(ids, self.model_config.vocab_size)
         args = self.kind.model_inputs(ids, patch_lengths, self.patch_lengths)
         return np.asarray(self._apply(self.params, *args))
 
@@ -88,6 +90,7 @@ class Model:
 
         batch = isinstance(prompt, (list, tuple))
         prompts = [tokenizer_bytes(p) for p in (prompt if batch else [prompt])]
+        validate.generation(prompts, max_new_bytes, temperature, top_k, top_p, self.max_context)
         if not prompts:
             raise ValueError("prompt: give at least one prompt")
         stops = tuple(tokenizer_bytes(s) for s in ([stop] if isinstance(stop, (str, bytes))
@@ -110,7 +113,7 @@ def load(path: str | pathlib.Path, step: int | None = None,
 
     With `mesh`, parameters are restored directly into that mesh's shards (any mesh shape).
     """
-    p = pathlib.Path(path)
+    p = paths.path(path)
     if not p.is_dir():
         raise ValueError(f"path: {path} is not a directory")
     return Model(p, step, mesh)

@@ -14,6 +14,8 @@ import pathlib
 import sysconfig
 import zlib
 
+from blt_jax.errors import UserError
+
 MAX_DOC_BYTES = 16 * 1024
 VALIDATION_PERCENT = 5
 
@@ -53,7 +55,7 @@ def is_validation(name: str) -> bool:
 def documents(split: str) -> list[bytes]:
     """The documents of `split` ("train" or "validation"), in a fixed order."""
     if split not in ("train", "validation"):
-        raise ValueError(f"split: the embedded corpus has 'train' and 'validation', not {split!r}")
+        raise UserError(f"split: the embedded corpus has 'train' and 'validation', not {split!r}")
     want = split == "validation"
     return [d for n, d in _all_documents() if is_validation(n) == want]
 

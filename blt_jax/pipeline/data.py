@@ -16,9 +16,7 @@ Each row starts mid-document with a fresh context, as in the reference's trainin
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import struct
 from typing import Any, Iterator, Sequence
 
@@ -26,6 +24,8 @@ import grain
 import ml_collections
 import numpy as np
 
+from blt_jax.errors import UserError
+from blt_jax import paths
 from blt_jax.pipeline import corpus
 from blt_jax.text import tokenizer
 
@@ -47,7 +47,7 @@ class TfdsDocuments(Sequence):
         try:
             self.src = tfds.data_source(name, split=split, data_dir=data_dir or None)
         except Exception as e:  # TFDS raises many types for a missing dataset
-            raise ValueError(f"data: cannot open TFDS {name!r} split {split!r} in "
+            raise UserError(f"data: cannot open TFDS {name!r} split {split!r} in "
                              f"{data_dir or 'the default data_dir'}: {e}") from None
         self.field = field
 
@@ -63,7 +63,7 @@ def encode_record(text: bytes, entropies: np.ndarray) -> bytes:
     """Preprocessed record: u32 byte count, the bytes, then float16 entropies of BOS..EOS ids."""
     h = np.asarray(entropies, np.float16)
     if h.shape != (len(text) + 2,):
-        raise ValueError(f"entropies: need {len(text) + 2} values (BOS..EOS), got {h.shape}")
+        raise UserError(f"entropies: need {len(text) + 2} values (BOS..EOS), got {h.shape}")
     return struct.pack("<I", len(text)) + text + h.tobytes()
 
 
@@ -76,13 +76,13 @@ class PreprocessedDocuments(Sequence):
     """ArrayRecord shards from `blt-jax preprocess`: (bytes, entropies) per document."""
 
     def __init__(self, directory: str, split: str):
-        files = sorted(glob.glob(os.path.join(directory, f"{split}-*.array_record")))
+        files = paths.glob(str(paths.path(directory) / f"{split}-*.array_record"))
         if not files:
-            raise ValueError(f"data: no {split}-*.array_record shards in {directory!r}; run "
+            raise UserError(f"data: no {split}-*.array_record shards in {directory!r}; run "
                              "`blt-jax preprocess` first")
         self.src = grain.sources.ArrayRecordDataSource(files)
-        meta = os.path.join(directory, "preprocess.json")
-        self.meta = json.loads(open(meta).read()) if os.path.exists(meta) else {}
+        meta = paths.path(directory) / "preprocess.json"
+        self.meta = json.loads(meta.read_text()) if meta.exists() else {}
 
     def __len__(self) -> int:
         return len(self.src)
@@ -99,9 +99,9 @@ def _split_holdout(docs: list[bytes], split: str) -> list[bytes]:
 
 
 def _read_files(pattern: str) -> list[str]:
-    files = sorted(f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f))
+    files = paths.glob(pattern)  # local or gs://
     if not files:
-        raise ValueError(f"data: path {pattern!r} matches no file")
+        raise UserError(f"data: path {pattern!r} matches no file")
     return files
 
 
@@ -112,11 +112,15 @@ def documents(data: ml_collections.ConfigDict, split: str) -> Sequence[Any]:
         docs: Sequence[Any] = corpus.documents(split)
     elif source in ("text", "jsonl"):
         if not data.path:
-            raise ValueError(f"data: source {source!r} needs --config.data.path")
+            raise UserError(f"data: source {source!r} needs --config.data.path")
         docs = []
         for f in _read_files(data.path):
-            with open(f, "rb") as fh:
-                raw = fh.read()
+            raw = paths.path(f).read_bytes()
+            if not raw.strip():
+                raise UserError(f"data: {f} is empty; remove it or point data.path elsewhere")
+            if b"\x00" in raw[:8192]:
+                raise UserError(f"data: {f} looks binary (NUL bytes); data.source "
+                                f"{source!r} reads UTF-8 text files")
             if source == "text":
                 docs.append(raw)
                 continue
@@ -126,22 +130,29 @@ def documents(data: ml_collections.ConfigDict, split: str) -> Sequence[Any]:
                 try:
                     docs.append(json.loads(line)[data.text_field].encode("utf-8"))
                 except (ValueError, KeyError, TypeError):
-                    raise ValueError(f"data: {f}:{lineno} is not JSON with a "
+                    raise UserError(f"data: {f}:{lineno} is not JSON with a "
                                      f"{data.text_field!r} string field") from None
         docs = _split_holdout(docs, split)
     elif source == "tfds":
         if not data.tfds_name:
-            raise ValueError("data: source 'tfds' needs --config.data.tfds_name")
+            raise UserError("data: source 'tfds' needs --config.data.tfds_name")
         tfds_split = data.tfds_split if split == "train" else data.tfds_eval_split
         docs = TfdsDocuments(data.tfds_name, tfds_split, data.tfds_data_dir, data.text_field)
     elif source == "preprocessed":
         docs = PreprocessedDocuments(data.path, split)
     else:
-        raise ValueError(f"data: unknown source {source!r} (embedded, text, jsonl, tfds, "
+        raise UserError(f"data: unknown source {source!r} (embedded, text, jsonl, tfds, "
                          "preprocessed)")
     if len(docs) == 0:
-        raise ValueError(f"data: the {split} split of source {source!r} is empty")
+        raise UserError(f"data: the {split} split of source {source!r} is empty")
     return docs
+
+
+def check_enough(docs: Sequence[Any], seq_len: int, split: str) -> None:
+    """An in-memory corpus shorter than one row cannot fill a batch; say so before training."""
+    if isinstance(docs, list) and sum(len(d) for d in docs) < seq_len:
+        raise UserError(f"data: the {split} split holds {sum(len(d) for d in docs)} bytes, less "
+                        f"than one row (data.seq_len={seq_len}); add data or lower data.seq_len")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +295,7 @@ class ConcatBatches(grain.DatasetIterator):
 
     def set_state(self, state: dict[str, Any]) -> None:
         if len(state["shards"]) != len(self._parents):
-            raise ValueError(f"data: checkpoint holds {len(state['shards'])} loader shards for "
+            raise UserError(f"data: checkpoint holds {len(state['shards'])} loader shards for "
                              f"this process, the run has {len(self._parents)}")
         for p, s in zip(self._parents, state["shards"]):
             p.set_state(s)
@@ -297,7 +308,7 @@ def train_batches(docs: Sequence[Any], *, seq_len: int, batch_size: int, seed: i
     index, count = process
     shards = loader_shards or count
     if shards % count or batch_size % shards:
-        raise ValueError(f"data.loader_shards: {shards} must be a multiple of the {count} "
+        raise UserError(f"data.loader_shards: {shards} must be a multiple of the {count} "
                          f"processes and divide data.batch_size {batch_size}")
     per = shards // count
     its = [batches(docs, seq_len=seq_len, batch_size=batch_size // shards, seed=seed, train=True,

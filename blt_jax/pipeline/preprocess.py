@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from blt_jax.errors import UserError
 from blt_jax.inference import api
 from blt_jax.pipeline import data
 from blt_jax.text import tokenizer
@@ -28,13 +29,13 @@ def run(entropy_workdir: str, out: str, data_cfg: Any = None, shards: int = 1,
 
     model = api.load(entropy_workdir)
     if not model.kind.scores_entropies:
-        raise ValueError(f"workdir: {entropy_workdir} holds a {model.kind} model; preprocess "
+        raise UserError(f"workdir: {entropy_workdir} holds a {model.kind} model; preprocess "
                          "needs an entropy model")
     data_cfg = data_cfg or model.config.data
     out_p = pathlib.Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     if any(out_p.glob("*.array_record")):
-        raise ValueError(f"out: {out} already holds shards; choose a new directory")
+        raise UserError(f"out: {out} already holds shards; choose a new directory")
     counts = {}
     for split in ("train", "validation"):
         docs = data.documents(data_cfg, split)

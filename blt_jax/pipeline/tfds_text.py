@@ -15,6 +15,8 @@ from typing import Any, Iterator
 
 import tensorflow_datasets as tfds
 
+from blt_jax.errors import UserError
+
 SPLIT_FILES: dict[str, list[str]] = {}
 
 
@@ -42,7 +44,7 @@ def prepare(data_dir: str, splits: dict[str, str]) -> None:
     for split, pattern in splits.items():
         files = sorted(glob.glob(pattern, recursive=True))
         if not files:
-            raise ValueError(f"tfds: {split} pattern {pattern!r} matches no file")
+            raise UserError(f"tfds: {split} pattern {pattern!r} matches no file")
         SPLIT_FILES[split] = files
     BltText(data_dir=data_dir, file_format="array_record").download_and_prepare()
 

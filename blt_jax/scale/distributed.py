@@ -12,6 +12,8 @@ import os
 
 import jax
 
+from blt_jax.errors import UserError
+
 
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
@@ -37,9 +39,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     process_id = process_id if process_id is not None else _env_int("BLT_JAX_PROCESS_ID")
     if coordinator:
         if num_processes is None or process_id is None:
-            raise ValueError("distributed: --coordinator needs --num-processes and --process-id")
+            raise UserError("distributed: --coordinator needs --num-processes and --process-id")
         if not 0 <= process_id < num_processes:
-            raise ValueError(f"distributed: process id {process_id} not in [0, {num_processes})")
+            raise UserError(f"distributed: process id {process_id} not in [0, {num_processes})")
         if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or not _has_accelerator():
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator, num_processes=num_processes,

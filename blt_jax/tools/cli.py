@@ -1,8 +1,9 @@
 """The `blt-jax` command line (also `python -m blt_jax`).
 
 Each subcommand parses its flags here and calls one library function; heavy imports happen
-inside the handlers so `blt-jax --help` stays instant. User mistakes (ValueError / OSError from
-the library) print one line and exit 2; set BLT_JAX_DEBUG=1 to see the traceback instead.
+inside the handlers so `blt-jax --help` stays instant. User mistakes (`errors.UserError`) print
+one line and exit 2 (BLT_JAX_DEBUG=1 shows the traceback); anything else is a defect and keeps
+its traceback (exit 1), so a bug never looks like a user mistake.
 """
 
 from __future__ import annotations
@@ -31,11 +32,32 @@ def _text_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-file", help="file whose raw bytes are patched")
 
 
+def _read_file(path: str, flag: str) -> bytes:
+    from blt_jax.errors import UserError
+
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise UserError(f"{flag}: cannot read {path!r} ({e.strerror}); give an existing file") \
+            from None
+
+
+def _workdir(path: str) -> str:
+    """A blt-jax workdir to read: checked here so a typo is one line, not a traceback."""
+    from blt_jax import paths
+    from blt_jax.errors import UserError
+
+    if not (paths.path(path) / "config.json").exists():
+        raise UserError(f"--workdir: {path!r} is not a blt-jax workdir (no config.json); give a "
+                        "trained or imported workdir")
+    return path
+
+
 def _read_text(args: argparse.Namespace) -> bytes:
     if args.text is not None:
         return args.text.encode("utf-8", errors="ignore")
-    with open(args.text_file, "rb") as f:
-        return f.read()
+    return _read_file(args.text_file, "--text-file")
 
 
 def _patch_args(p: argparse.ArgumentParser) -> None:
@@ -51,8 +73,13 @@ def _patch_args(p: argparse.ArgumentParser) -> None:
 
 @command("patch", "show how a text is cut into patches", _patch_args)
 def _patch(args: argparse.Namespace, extra: list[str]) -> str:
+    from blt_jax.errors import UserError
+    from blt_jax.text import patching
     from blt_jax.tools import patch_view
 
+    if args.mode is not None and args.mode not in patching.MODES:
+        raise UserError(f"--mode: unknown patching mode {args.mode!r}; choose one of "
+                        f"{', '.join(patching.MODES)}")
     return patch_view.run(text=_read_text(args), mode=args.mode, threshold=args.threshold,
                           max_patch_length=args.max_patch_length, patch_size=args.patch_size,
                           workdir=args.workdir, plot=args.plot)
@@ -122,7 +149,7 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> str:
     from blt_jax.evaluation import evaluate
 
     return json.dumps(evaluate.evaluate_workdir(
-        args.workdir, step=args.step, source=args.data_source, path=args.data_path,
+        _workdir(args.workdir), step=args.step, source=args.data_source, path=args.data_path,
         split=args.split, max_batches=args.max_batches or None, seq_len=args.seq_len,
         stride=args.stride), indent=2)
 
@@ -131,22 +158,26 @@ def _ckpt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["list", "pin", "unpin"])
     p.add_argument("workdir")
     p.add_argument("step", nargs="?", type=int)
+    p.add_argument("--verify", action="store_true", help="list: read every array (finds "
+                   "truncated files), not only the metadata")
 
 
 @command("ckpt", "list checkpoints, or pin/unpin a step so cleanup never deletes it", _ckpt_args)
 def _ckpt(args: argparse.Namespace, extra: list[str]) -> int:
+    from blt_jax.errors import UserError
     from blt_jax.training import checkpoint
 
     if args.action == "list":
-        rows = checkpoint.describe(args.workdir)
+        rows = checkpoint.describe(args.workdir, full=args.verify)
         if not rows:
-            raise ValueError(f"ckpt: no checkpoints in {args.workdir}")
+            raise UserError(f"ckpt: no checkpoints in {args.workdir}")
         for r in rows:
             m = " ".join(f"{k}={v:.4f}" for k, v in sorted(r["metrics"].items()))
-            print(f"{r['step']:>8}  {'pinned' if r['pinned'] else '      '}  {m}")
+            bad = f"  BAD: {r['bad']}" if r["bad"] else ""
+            print(f"{r['step']:>8}  {'pinned' if r['pinned'] else '      '}  {m}{bad}")
         return 0
     if args.step is None:
-        raise ValueError(f"ckpt {args.action}: give the STEP to {args.action}")
+        raise UserError(f"ckpt {args.action}: give the STEP to {args.action}")
     (checkpoint.pin if args.action == "pin" else checkpoint.unpin)(args.workdir, args.step)
     print(f"{args.action}ned step {args.step} in {args.workdir}")
     return 0
@@ -194,9 +225,21 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     import blt_jax
     from blt_jax.inference import generate
 
-    prompt = args.prompt.encode("utf-8", errors="surrogateescape") if args.prompt is not None \
-        else open(args.prompt_file, "rb").read()
-    model = blt_jax.load(args.workdir, args.step)
+    from blt_jax.errors import UserError
+
+    if args.prompt is not None:
+        try:
+            prompt = args.prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError("--prompt: not valid UTF-8; pass raw bytes with --prompt-file") \
+                from None
+    else:
+        prompt = _read_file(args.prompt_file, "--prompt-file")
+    from blt_jax.inference import validate
+
+    model = blt_jax.load(_workdir(args.workdir), args.step)
+    validate.generation([prompt], args.max_new_bytes, args.temperature, args.top_k, args.top_p,
+                        model.max_context)
     opts = generate.Options(args.max_new_bytes, args.temperature, args.top_k, args.top_p,
                             args.seed, tuple(s.encode("utf-8") for s in args.stop))
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # never split a character
@@ -243,6 +286,12 @@ def _compile_check(args: argparse.Namespace, extra: list[str]) -> int:
     from blt_jax.scale import compile_check
     from blt_jax import config
 
+    from blt_jax.errors import UserError
+
+    try:
+        compile_check.topology_name(args.topology)  # parses only the flag's text
+    except ValueError as e:
+        raise UserError(f"--{e}") from None
     cfg = config.apply_overrides(config.load_experiment(args.config), extra)
     report = compile_check.check(cfg, args.topology)
     print(json.dumps(report, indent=2) if args.json else compile_check.format_report(report))
@@ -253,7 +302,7 @@ def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:
@@ -328,11 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from blt_jax.errors import UserError
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "handler", None) is None:
-        parser.print_help()
-        return 0 if not extra else 2
+        if extra:
+            parser.error(f"unknown command {extra[0]!r}; run `blt-jax --help` for the commands")
+        parser.print_usage(sys.stderr)
+        print("blt-jax: error: give a COMMAND; run `blt-jax --help` for the list", file=sys.stderr)
+        return 2
     if extra and args.command not in _ACCEPTS_OVERRIDES:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
@@ -344,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("blt-jax: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, KeyError) as e:  # user mistakes: one line, no traceback
+    except UserError as e:  # user mistakes: one line, no traceback; everything else is a bug
         if os.environ.get("BLT_JAX_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

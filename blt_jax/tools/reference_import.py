@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from blt_jax import config
+from blt_jax.errors import UserError
 from blt_jax.text.tokenizer import VOCAB_SIZE
 from blt_jax.tools.weight_files import read_pth, read_safetensors  # noqa: F401 (re-exported)
 from blt_jax.training import checkpoint
@@ -31,19 +32,35 @@ _HF = {"attention": "self_attn", "feed_forward": "mlp", "attention_norm": "input
        "wo": "o_proj", "output": "lm_head"}
 
 
+def _json(path: pathlib.Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"source: {path} is not valid JSON ({e}); re-download it") from None
+
+
+def _weights(reader: Callable[[pathlib.Path], dict[str, np.ndarray]], path: pathlib.Path
+             ) -> dict[str, np.ndarray]:
+    """The weight readers' ValueErrors describe the file (truncated, wrong format)."""
+    try:
+        return reader(path)
+    except ValueError as e:
+        raise UserError(f"{e}; re-download {path.name}") from None
+
+
 def _read_folder(src: pathlib.Path) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
     if not src.is_dir():
-        raise ValueError(f"source: {src} is not a directory")
+        raise UserError(f"source: {src} is not a directory")
     if (src / "params.json").exists() and (src / "consolidated.pth").exists():
-        return "reference", json.loads((src / "params.json").read_text()), read_pth(
-            src / "consolidated.pth")
+        return "reference", _json(src / "params.json"), _weights(read_pth,
+                                                                  src / "consolidated.pth")
     shards = sorted(src.glob("*.safetensors"))
     if (src / "config.json").exists() and shards:
         weights: dict[str, np.ndarray] = {}
         for shard in shards:
-            weights.update(read_safetensors(shard))
-        return "hf", json.loads((src / "config.json").read_text()), weights
-    raise ValueError(f"source: {src} has neither params.json + consolidated.pth (reference "
+            weights.update(_weights(read_safetensors, shard))
+        return "hf", _json(src / "config.json"), weights
+    raise UserError(f"source: {src} has neither params.json + consolidated.pth (reference "
                      "release) nor config.json + *.safetensors (Hugging Face)")
 
 
@@ -52,7 +69,7 @@ def _read_folder(src: pathlib.Path) -> tuple[str, dict[str, Any], dict[str, np.n
 
 def _need(ok: bool, msg: str) -> None:
     if not ok:
-        raise ValueError(f"source config: {msg}")
+        raise UserError(f"source config: {msg}")
 
 
 def _hash_sizes(value: Any) -> tuple[int, ...]:
@@ -158,7 +175,7 @@ def _hf_multiple_of(subs: Mapping[str, Mapping[str, Any]]) -> int:
                for c in sized.values()):
             return mult
     sizes = {k: (c["hidden_size"], c["intermediate_size"]) for k, c in sized.items()}
-    raise ValueError(f"source config: intermediate_size values {sizes} do not follow the "
+    raise UserError(f"source config: intermediate_size values {sizes} do not follow the "
                      "SwiGLU rule multiple_of * ceil(int(8d/3) / multiple_of) for one multiple_of")
 
 
@@ -221,13 +238,13 @@ def _fill(abstract: Any, sd: Mapping[str, np.ndarray], naming: str, prefix: str,
         else:
             key = _source_key(path, naming, prefix)
             if key not in sd:
-                raise ValueError(f"weights: missing {key!r} (needed for {'/'.join(map(str, path))})")
+                raise UserError(f"weights: missing {key!r} (needed for {'/'.join(map(str, path))})")
             arr = sd[key]
             used.add(key)
             if path[-1] == "kernel":
                 arr = arr.T  # torch Linear [out, in] -> (in, out)
         if tuple(arr.shape) != shape:
-            raise ValueError(f"weights: {'/'.join(map(str, path))} has shape {arr.shape}, the "
+            raise UserError(f"weights: {'/'.join(map(str, path))} has shape {arr.shape}, the "
                              f"config implies {shape}")
         flat.append((path, var.replace(np.ascontiguousarray(arr, np.float32))))
     return nnx.from_flat_state(flat), used
@@ -250,7 +267,7 @@ def blt_params_from_state_dict(sd: Mapping[str, np.ndarray], cfg: ml_collections
             hash_keys = [f"encoder_hash_tok_embedding.{t}.weight" for t in range(n_tables)]
         missing = [k for k in hash_keys if k not in sd]
         if missing:
-            raise ValueError(f"weights: missing hash tables {missing[:2]}")
+            raise UserError(f"weights: missing hash tables {missing[:2]}")
         fused = np.concatenate([sd[k] for k in hash_keys], axis=0)
         rows = _padded_rows(abstract, fused.shape[0])
         special[("local_encoder", "hash_embeddings", "embedding")] = np.pad(
@@ -262,7 +279,7 @@ def blt_params_from_state_dict(sd: Mapping[str, np.ndarray], cfg: ml_collections
     unused = [k for k in sd if k not in used and not k.startswith(("model.patcher.", "patcher."))
               and not k.endswith(("rope.freqs_cis", "rotary_emb.inv_freq"))]
     if unused:
-        raise ValueError(f"weights: {len(unused)} source tensors have no place in the config, "
+        raise UserError(f"weights: {len(unused)} source tensors have no place in the config, "
                          f"e.g. {unused[:3]} (wrong params.json?)")
     return state
 
@@ -270,7 +287,7 @@ def blt_params_from_state_dict(sd: Mapping[str, np.ndarray], cfg: ml_collections
 def _padded_rows(abstract: Any, real_rows: int) -> int:
     rows = abstract["local_encoder"]["hash_embeddings"]["embedding"].get_value().shape[0]
     if rows < real_rows:
-        raise ValueError(f"weights: {real_rows} hash rows do not fit the config's {rows}")
+        raise UserError(f"weights: {real_rows} hash rows do not fit the config's {rows}")
     return rows
 
 
@@ -284,7 +301,7 @@ def transformer_params_from_state_dict(sd: Mapping[str, np.ndarray],
     unused = [k for k in sd if k.startswith(prefix) and k not in used
               and not k.endswith(("rope.freqs_cis", "rotary_emb.inv_freq"))]
     if unused:
-        raise ValueError(f"weights: entropy model tensors without a place: {unused[:3]}")
+        raise UserError(f"weights: entropy model tensors without a place: {unused[:3]}")
     return state
 
 
@@ -304,7 +321,7 @@ def import_reference(blt_src: str, out: str, entropy_src: str | None = None) -> 
     """Converts released weights into a workdir at `out` (refuses to overwrite one)."""
     out_p = pathlib.Path(out)
     if out_p.exists() and any(out_p.iterdir()):
-        raise ValueError(f"out: {out} exists and is not empty; choose a new directory")
+        raise UserError(f"out: {out} exists and is not empty; choose a new directory")
     naming, cfg_json, sd = _read_folder(pathlib.Path(blt_src))
     if naming == "reference":
         model_cfg = blt_config_from_reference(cfg_json["model"],
@@ -313,18 +330,18 @@ def import_reference(blt_src: str, out: str, entropy_src: str | None = None) -> 
         if entropy_src:
             ent_naming, ent_json, ent_sd = _read_folder(pathlib.Path(entropy_src))
             if ent_naming != "reference":
-                raise ValueError("entropy: give the reference entropy folder (params.json + "
+                raise UserError("entropy: give the reference entropy folder (params.json + "
                                  "consolidated.pth) with a reference BLT folder")
             ent_cfg = entropy_config_from_reference(ent_json.get("entropy_model", ent_json))
     else:
         model_cfg, ent_cfg = configs_from_hf(cfg_json)
         ent_sd, ent_naming, ent_prefix = sd, "hf", "model.patcher."
         if entropy_src:
-            raise ValueError("entropy: a Hugging Face folder bundles its entropy model; "
+            raise UserError("entropy: a Hugging Face folder bundles its entropy model; "
                              "drop --entropy")
     needs_entropy = model_cfg.patching.mode in ("global", "monotonic", "combined")
     if needs_entropy and ent_cfg is None:
-        raise ValueError("entropy: this BLT patches by entropy; pass --entropy with the entropy "
+        raise UserError("entropy: this BLT patches by entropy; pass --entropy with the entropy "
                          "model folder")
     params = blt_params_from_state_dict(sd, model_cfg, naming)
     ent_params = transformer_params_from_state_dict(ent_sd, ent_cfg, ent_naming, ent_prefix) \

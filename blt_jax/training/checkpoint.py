@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
-from typing import Any, Sequence
+import sys
+import time
+from typing import Any, Callable, Sequence
 
 import contextlib
 import logging
@@ -20,26 +21,29 @@ import logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from blt_jax.errors import UserError
+from blt_jax import paths
+
 CHECKPOINTS = "checkpoints"
 PINS = "pins.json"
 BEST_METRIC = "eval_bpb"
 
 
 def read_pins(workdir: str | os.PathLike) -> set[int]:
-    path = pathlib.Path(workdir) / PINS
+    path = paths.path(workdir) / PINS
     if not path.exists():
         return set()
     try:
         return {int(s) for s in json.loads(path.read_text())}
     except (ValueError, TypeError) as e:
-        raise ValueError(f"pins: {path} is not a JSON list of steps ({e})") from None
+        raise UserError(f"pins: {path} is not a JSON list of steps ({e})") from None
 
 
 def _write_pins(workdir: str | os.PathLike, steps: set[int]) -> None:
-    path = pathlib.Path(workdir) / PINS
+    path = paths.path(workdir) / PINS
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(sorted(steps)))
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written pins file
+    tmp.replace(path)  # atomic on disk: a crash never leaves a half-written pins file
 
 
 @dataclasses.dataclass
@@ -69,7 +73,7 @@ def manager(workdir: str | os.PathLike, *, save_every: int = 1, keep_latest: int
         save_decision_policy=cm.AnySavePolicy([cm.FixedIntervalPolicy(max(save_every, 1)),
                                                cm.PreemptionCheckpointingPolicy()]),
         preservation_policy=cm.AnyPreservationPolicy(policies))
-    return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / CHECKPOINTS, options=options)
+    return ocp.CheckpointManager(paths.path(workdir) / CHECKPOINTS, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, *, params: Any, opt_state: Any = None,
@@ -103,25 +107,91 @@ def restore(mngr: ocp.CheckpointManager, step: int, *, params: Any, opt_state: A
 
 
 def steps(workdir: str | os.PathLike) -> list[int]:
-    root = pathlib.Path(workdir) / CHECKPOINTS
+    root = paths.path(workdir) / CHECKPOINTS
     if not root.is_dir():
         return []
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def problem(workdir: str | os.PathLike, step: int) -> str | None:
+    """Why step's directory is not a complete checkpoint (None: it looks complete). A cheap
+    look at the files Orbax writes last; `verify` also reads every array."""
+    d = paths.path(workdir) / CHECKPOINTS / str(step)
+    if not (d / "_CHECKPOINT_METADATA").exists():
+        return "no _CHECKPOINT_METADATA (an unfinished save)"
+    if not (d / "params").is_dir():
+        return "no params/"
+    for item in (p for p in d.iterdir() if p.is_dir() and p.name in ("params", "opt_state")):
+        for name in ("_METADATA", "manifest.ocdbt"):
+            if not (item / name).exists():
+                return f"{item.name}/{name} missing"
+    return None
+
+
+def verify(workdir: str | os.PathLike, step: int) -> str | None:
+    """`problem`, then a full read of the step's params (truncated or missing array files)."""
+    why = problem(workdir, step)
+    if why is not None:
+        return why
+    try:
+        with _quiet_absl():
+            ocp.PyTreeCheckpointer().restore(paths.path(workdir) / CHECKPOINTS / str(step) /
+                                             "params")
+    except Exception as e:  # any read failure marks the step bad; the message says which
+        return f"unreadable params ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+    return None
+
+
+def first_intact(workdir: str | os.PathLike, attempt: Callable[[int], Any],
+                 step: int | None = None) -> tuple[Any, int, list[str]]:
+    """attempt(step) on the newest step that works -> (result, step, skipped notes).
+
+    A step that is incomplete or fails to restore is skipped with a warning naming it; nothing
+    is deleted. An explicit `step` is not replaced by another one; no intact step is a
+    one-line UserError, never a silent fresh start.
+    """
+    available = steps(workdir)
+    root = paths.path(workdir) / CHECKPOINTS
+    if not available:
+        raise UserError(f"checkpoint: no checkpoint under {root}")
+    if step is not None and step not in available:
+        raise UserError(f"checkpoint: step {step} not in {workdir} (have {available})")
+    skipped: list[str] = []
+    for s in ([step] if step is not None else available[::-1]):
+        why = problem(workdir, s)
+        if why is None:
+            try:
+                return attempt(s), s, skipped
+            except UserError:  # a mismatch the user must fix, not a damaged step
+                raise
+            except Exception as e:  # a corrupt array file: Orbax/TensorStore raise many types
+                why = f"restore failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        skipped.append(f"step {s} ({why})")
+        logging.getLogger(__name__).warning("checkpoint: skipping step %d under %s: %s", s,
+                                            root, why)
+    raise UserError(f"checkpoint: no intact checkpoint under {root} (skipped {'; '.join(skipped)})"
+                    "; restore the files, or use a new workdir")
+
+
 def restore_params(workdir: str | os.PathLike, abstract_params: Any, step: int | None = None
                    ) -> tuple[Any, int]:
-    """Params of `step` (default: the latest) from a workdir, read-only."""
-    available = steps(workdir)
-    if not available:
-        raise ValueError(f"checkpoint: no checkpoint under {pathlib.Path(workdir) / CHECKPOINTS}")
-    step = available[-1] if step is None else step
-    if step not in available:
-        raise ValueError(f"checkpoint: step {step} not in {workdir} (have {available})")
-    with _quiet_absl(), manager(workdir, read_only=True, async_save=False) as mngr:
-        out = mngr.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_params)))
-    return out["params"], step
+    """Params of `step` (default: the newest intact one) from a workdir, read-only."""
+    def attempt(s: int) -> Any:
+        with _quiet_absl(), manager(workdir, read_only=True, async_save=False) as mngr:
+            return mngr.restore(s, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_params)))["params"]
+    params, step, skipped = first_intact(workdir, attempt, step)
+    for note in skipped:
+        print(f"blt-jax: warning: skipped checkpoint {note}; using step {step}", file=sys.stderr)
+    return params, step
+
+
+def quarantine(workdir: str | os.PathLike, step: int) -> paths.Path:
+    """Moves a bad step out of Orbax's sight (never deleted) so training can save it anew."""
+    dest = paths.path(workdir) / "corrupt_checkpoints" / f"{step}-{int(time.time())}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    (paths.path(workdir) / CHECKPOINTS / str(step)).rename(dest)
+    return dest
 
 
 @contextlib.contextmanager
@@ -146,7 +216,7 @@ def save_params_only(workdir: str | os.PathLike, params: Any, step: int = 0,
 
 def pin(workdir: str | os.PathLike, step: int) -> None:
     if step not in steps(workdir):
-        raise ValueError(f"pin: no checkpoint at step {step} in {workdir} (have {steps(workdir)})")
+        raise UserError(f"pin: no checkpoint at step {step} in {workdir} (have {steps(workdir)})")
     _write_pins(workdir, read_pins(workdir) | {step})
 
 
@@ -158,21 +228,23 @@ def add_pins(workdir: str | os.PathLike, steps_to_pin: Sequence[int]) -> None:
 def unpin(workdir: str | os.PathLike, step: int) -> None:
     pins = read_pins(workdir)
     if step not in pins:
-        raise ValueError(f"unpin: step {step} is not pinned in {workdir} (pinned: {sorted(pins)})")
+        raise UserError(f"unpin: step {step} is not pinned in {workdir} (pinned: {sorted(pins)})")
     _write_pins(workdir, pins - {step})
 
 
-def describe(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """One row per checkpoint: step, pinned, and its saved metrics."""
+def describe(workdir: str | os.PathLike, full: bool = False) -> list[dict[str, Any]]:
+    """One row per checkpoint: step, pinned, its saved metrics and what is wrong with it
+    (`problem`, or with full=True `verify`, which reads every array)."""
     pins = read_pins(workdir)
     rows = []
     for step in steps(workdir):
-        metrics_file = pathlib.Path(workdir) / CHECKPOINTS / str(step) / "metrics" / "metrics"
+        metrics_file = paths.path(workdir) / CHECKPOINTS / str(step) / "metrics" / "metrics"
         metrics = {}
         if metrics_file.exists():
             try:
                 metrics = json.loads(metrics_file.read_text())
             except ValueError:
                 metrics = {}
-        rows.append({"step": step, "pinned": step in pins, "metrics": metrics})
+        rows.append({"step": step, "pinned": step in pins, "metrics": metrics,
+                     "bad": (verify if full else problem)(workdir, step)})
     return rows

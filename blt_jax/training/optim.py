@@ -6,6 +6,8 @@ from __future__ import annotations
 import ml_collections
 import optax
 
+from blt_jax.errors import UserError
+
 
 def schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
     """Linear warm-up from 0, then cosine to min_lr_ratio · lr at total_steps (or constant)."""
@@ -14,7 +16,7 @@ def schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedu
         return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, max(warmup, 1)),
                                      optax.constant_schedule(optim.lr)], [max(warmup, 1)])
     if optim.schedule != "cosine":
-        raise ValueError(f"optim.schedule: 'cosine' or 'constant', got {optim.schedule!r}")
+        raise UserError(f"optim.schedule: 'cosine' or 'constant', got {optim.schedule!r}")
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=optim.lr, warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1), end_value=optim.lr * optim.min_lr_ratio)
@@ -22,7 +24,7 @@ def schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedu
 
 def make(optim: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
     if optim.lr <= 0:
-        raise ValueError(f"optim.lr: must be > 0, got {optim.lr}")
+        raise UserError(f"optim.lr: must be > 0, got {optim.lr}")
     return optax.chain(
         optax.clip_by_global_norm(optim.clip),
         optax.adamw(schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,

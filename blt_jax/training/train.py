@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import shutil
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -23,7 +23,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from blt_jax import config
+from blt_jax.errors import TrainingDiverged, UserError
+from blt_jax import config, paths
 from blt_jax.model import factory, kinds
 from blt_jax.pipeline import data
 from blt_jax.scale import distributed, sharding
@@ -56,10 +57,23 @@ def prepare_workdir(cfg: ml_collections.ConfigDict, workdir: pathlib.Path
     if a != b:
         diff = sorted(k for k in set(a["model"]) | set(b["model"])
                       if a["model"].get(k) != b["model"].get(k))
-        raise ValueError(f"workdir: {workdir} holds a checkpoint of a different model "
+        raise UserError(f"workdir: {workdir} holds a checkpoint of a different model "
                          f"({stored.kind} vs {cfg.kind}; fields {diff[:4]}); use a new "
                          "--workdir")
     return resumed
+
+
+def _entropy_source(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+    """The entropy workdir to freeze (checked before the run writes anything)."""
+    src = paths.path(cfg.entropy.workdir)
+    if not cfg.entropy.workdir or not (src / "config.json").exists():
+        raise UserError(f"entropy: no trained entropy model at {cfg.entropy.workdir!r}; train "
+                        "one first (experiments/entropy_tiny.py) and pass "
+                        "--config.entropy.workdir=DIR")
+    src_cfg = factory.read_config(src)
+    if not kinds.of(src_cfg).scores_entropies:
+        raise UserError(f"entropy: {src} holds a {src_cfg.kind} model, not an entropy model")
+    return src
 
 
 def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
@@ -71,23 +85,18 @@ def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -
     dest = workdir / ENTROPY_DIR
     if (dest / "config.json").exists():
         return dest
-    src = pathlib.Path(cfg.entropy.workdir)
-    if not cfg.entropy.workdir or not (src / "config.json").exists():
-        raise ValueError(f"entropy: no trained entropy model at {cfg.entropy.workdir!r}; train "
-                         "one first (experiments/entropy_tiny.py) and pass "
-                         "--config.entropy.workdir=DIR")
-    src_cfg, weights, step = factory.load_weights(src)
-    if not kinds.of(src_cfg).scores_entropies:
-        raise ValueError(f"entropy: {src} holds a {src_cfg.kind} model, not an entropy model")
+    src = _entropy_source(cfg, workdir)
+    _, weights, step = factory.load_weights(src)
     tmp = workdir / (ENTROPY_DIR + ".tmp")
     lead = jax.process_index() == 0
     if lead:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            tmp.rmtree()
         tmp.mkdir(parents=True)
-        shutil.copy(src / "config.json", tmp / "config.json")
+        (src / "config.json").copy(tmp / "config.json")
     distributed.barrier("entropy_copy_start")
     checkpoint.save_params_only(tmp, jax.tree.map(np.asarray, weights.params),
-                                meta={"source": str(src.absolute()), "source_step": step})
+                                meta={"source": str(src), "source_step": step})
     distributed.barrier("entropy_copy_saved")
     if lead:
         tmp.rename(dest)
@@ -118,13 +127,14 @@ def calibrate_threshold(cfg: ml_collections.ConfigDict,
 
 def _bpe_tokenizer(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, docs: Any
                    ) -> bpe.BpeTokenizer:
-    """The workdir's BPE tokenizer, trained on the training split by process 0 on first start."""
-    if jax.process_index() == 0 and not (workdir / bpe.FILE).exists():
-        bpe.train(docs, cfg.model.vocab_size).save(workdir)
+    """The workdir's BPE tokenizer: bpe.tokenizer_path, else trained once (process 0) on a
+    bounded, seeded sample of the training split and cached in the workdir."""
+    if jax.process_index() == 0:
+        bpe.prepare(workdir, docs, cfg.model.vocab_size, cfg)
     distributed.barrier("bpe_tokenizer")
     tok = bpe.load(workdir)
     if tok.vocab_size != cfg.model.vocab_size:
-        raise ValueError(f"model.vocab_size: {cfg.model.vocab_size} but the workdir's "
+        raise UserError(f"model.vocab_size: {cfg.model.vocab_size} but the workdir's "
                          f"tokenizer has {tok.vocab_size} ids")
     return tok
 
@@ -183,7 +193,14 @@ class Trainer(Scorer):
         updates, opt = self.tx.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         out = dict(total, grad_norm=optax.tree.norm(grads), lr=self.schedule(state["step"]))
-        return {"params": params, "opt": opt, "step": state["step"] + 1}, out
+        new = {"params": params, "opt": opt, "step": state["step"] + 1}
+        if self.cfg.train.nonfinite == "skip":  # a non-finite step leaves params and opt as-is
+            ok = jnp.isfinite(total["nll"]) & jnp.isfinite(out["grad_norm"])
+            new = {"params": jax.tree.map(lambda n, o: jnp.where(ok, n, o), params,
+                                          state["params"]),
+                   "opt": jax.tree.map(lambda n, o: jnp.where(ok, n, o), opt, state["opt"]),
+                   "step": new["step"]}
+        return new, out
 
     def flops_per_step(self, n_targets: float, bytes_per_patch: float | None
                        ) -> tuple[float, float]:
@@ -200,18 +217,28 @@ class Trainer(Scorer):
 
 def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Trains (or resumes) and returns the final summary; writes everything under workdir."""
-    workdir = pathlib.Path(workdir)
-    cfg = prepare_workdir(cfg, workdir)  # a copy: the caller's config is never changed
-    kind = kinds.of(cfg)
+    workdir = paths.path(workdir)
+    # every check that needs no workdir comes first: a mistake writes nothing
+    config.validate_run(cfg)
     config.validate(cfg.model)
-    kind.check(cfg)
-    if cfg.train.steps < 1:
-        raise ValueError(f"train.steps: must be >= 1, got {cfg.train.steps}")
-    if cfg.data.batch_size % cfg.train.grad_accum:
-        raise ValueError("train.grad_accum: must divide data.batch_size")
-    lead = jax.process_index() == 0
+    kinds.of(cfg).check(cfg)
     docs = data.documents(cfg.data, "train")
     eval_docs = data.documents(cfg.data, "validation")
+    data.check_enough(docs, cfg.data.seq_len, "train")
+    try:
+        mesh = sharding.make_mesh(tuple(cfg.mesh.shape), dcn_shape=tuple(cfg.mesh.dcn_shape))
+    except ValueError as e:  # make_mesh checks only the user's mesh sizes against the devices
+        raise UserError(f"mesh: {e}; pick sizes whose product is {jax.device_count()}") from None
+    if jax.device_count() % mesh.size or cfg.data.batch_size % (mesh.shape["data"] *
+                                                                mesh.shape["fsdp"]):
+        raise UserError(f"mesh: {dict(mesh.shape)} must divide the {jax.device_count()} devices "
+                        f"and data.batch_size {cfg.data.batch_size} (data x fsdp); change "
+                        "mesh.shape")
+    if kinds.of(cfg).uses_patcher(cfg) and not (workdir / ENTROPY_DIR / "config.json").exists():
+        _entropy_source(cfg, workdir)
+    cfg = prepare_workdir(cfg, workdir)  # a copy: the caller's config is never changed
+    kind = kinds.of(cfg)
+    lead = jax.process_index() == 0
 
     patcher = tok = None
     extra: dict[str, Any] = {}
@@ -232,8 +259,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
     if lead:
         (workdir / "config.json").write_text(cfg.to_json(indent=2))
 
-    mesh = sharding.make_mesh(tuple(cfg.mesh.shape), dcn_shape=tuple(cfg.mesh.dcn_shape))
     trainer = Trainer(cfg, mesh, patcher)
+    # in-training eval patches exactly (P_max = N + 1) like final scoring: one eval policy
+    evaluator = Scorer(config.replaced(cfg, {"data.p_max": cfg.data.seq_len + 1}), mesh, patcher) \
+        if kind.patch_rule(cfg.model) is not None else trainer
     train_it = data.train_batches(docs, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                                   seed=cfg.seed, loader_shards=cfg.data.loader_shards,
                                   process=process, bpe_tokenizer=tok,
@@ -246,12 +275,20 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
         checkpoint.add_pins(workdir, [int(s) for s in ck.pinned_steps])
     state = trainer.init_state()
     train_flops = 0.0
-    start = mngr.latest_step() or 0
-    if start:
+    start = 0
+    if checkpoint.steps(workdir):
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                 trainer.abstract, trainer.shardings)
-        out = checkpoint.restore(mngr, start, params=abstract["params"], opt_state=abstract["opt"],
-                                 data_iter=train_it)
+        out, start, skipped = checkpoint.first_intact(workdir, lambda s: checkpoint.restore(
+            mngr, s, params=abstract["params"], opt_state=abstract["opt"], data_iter=train_it))
+        for note in skipped:  # moved aside (not deleted) so this run can save those steps anew
+            if lead:
+                dest = checkpoint.quarantine(workdir, int(note.split()[1]))
+                print(f"blt-jax train: warning: skipped checkpoint {note}; moved it to {dest}; "
+                      f"resuming from step {start}", file=sys.stderr)
+        if skipped:
+            distributed.barrier("quarantine")
+            mngr.reload()
         state = {"params": out["params"], "opt": out["opt_state"],
                  "step": jax.device_put(jnp.asarray(start, jnp.int32))}
         train_flops = float(out["meta"].get("train_flops", 0.0))
@@ -261,21 +298,34 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
                                 enabled=lead and cfg.train.progress, label=f"[{cfg.kind}] ")
     peak = cfg.train.peak_flops or metrics.measured_peak_flops(cfg.model.dtype)
     stop = {"flag": False}
+    preempted = 0
     old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
     history: list[dict[str, float]] = []
     last_eval: dict[str, float] = {}
     t_last = time.perf_counter()
     pending = None
 
+    skipped_steps = 0
+
     def fetch(pending: tuple[int, Any]) -> None:
-        nonlocal t_last, train_flops
+        nonlocal t_last, train_flops, skipped_steps
         step, dev = pending
         m = {k: float(v) for k, v in jax.device_get(dev).items()}
         now = time.perf_counter()
         dt, t_last = now - t_last, now
-        if not math.isfinite(m["nll"]):
-            raise FloatingPointError(f"train: loss became {m['nll']} at step {step}; lower "
-                                     "optim.lr or check the data (no checkpoint was written for it)")
+        if not (math.isfinite(m["nll"]) and math.isfinite(m["grad_norm"])):
+            skipped_steps += 1
+            if cfg.train.nonfinite == "stop" or skipped_steps > cfg.train.max_skipped:
+                good = [s for s in checkpoint.steps(workdir) if s < step]
+                raise TrainingDiverged(
+                    f"train: loss {m['nll']} / grad norm {m['grad_norm']} at step {step} "
+                    f"({skipped_steps} non-finite step(s)); not saved, last good checkpoint: "
+                    f"{good[-1] if good else 'none'}; lower optim.lr, check the data, or set "
+                    "--config.train.nonfinite=skip")
+            if lead:  # "skip": the step's update was discarded inside the step
+                print(f"blt-jax train: warning: non-finite loss at step {step}; update skipped "
+                      f"({skipped_steps}/{cfg.train.max_skipped})", file=sys.stderr)
+            return
         row = objective.summarize(m) | {"lr": m["lr"], "grad_norm": m["grad_norm"],
                                         "bytes_per_s": m["n_bytes"] / dt, "step_time": dt}
         if "n_patches" in m:
@@ -310,18 +360,22 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
                     eval_it = data.batches(eval_docs, seq_len=cfg.data.seq_len,
                                            batch_size=cfg.data.eval_batch_size, seed=0,
                                            train=False, bpe_tokenizer=tok)
-                    eval_metrics = trainer.evaluate(
+                    eval_metrics = evaluator.evaluate(
                         state["params"], data.take(eval_it, cfg.train.eval_batches or None),
-                        cfg.data.eval_batch_size)
+                        cfg.data.eval_batch_size) | {"eval_p_max": evaluator.p_max}
                     last_eval = eval_metrics
                     writer.write(step, eval_metrics | {"train_flops": train_flops})
                 if mngr.should_save(step) or step == cfg.train.steps or stop["flag"]:
+                    if pending is not None:  # the NaN guard sees a step before it is saved
+                        fetch(pending)
+                        pending = None
                     checkpoint.save(mngr, step, params=state["params"], opt_state=state["opt"],
                                     data_iter=train_it,
                                     meta={"step": step, "train_flops": train_flops},
                                     metrics={checkpoint.BEST_METRIC: eval_metrics["eval_bpb"]}
                                     if eval_metrics else None, force=True)
                 if stop["flag"] or mngr.reached_preemption(step):
+                    preempted = step
                     break
             if pending is not None:
                 fetch(pending)
@@ -342,6 +396,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
             if k in history[-1]:
                 summary[k] = float(np.mean([h[k] for h in history]))
     summary.update(kind.summary(cfg, trainer.p_max))
+    if preempted:
+        summary["preempted_at"] = preempted
+        if lead:
+            print(f"blt-jax train: stopped by SIGTERM after step {preempted} (checkpoint saved); "
+                  "rerun the same command to resume", file=sys.stderr)
     if lead:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     distributed.barrier("run_done")  # processes leave together: jax.distributed's shutdown waits
