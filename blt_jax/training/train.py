@@ -256,8 +256,6 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
     if kind.trains_tokenizer:
         tok = _bpe_tokenizer(cfg, workdir, docs)
         extra = bpe.describe(tok, eval_docs)
-    if lead:
-        (workdir / "config.json").write_text(cfg.to_json(indent=2))
 
     trainer = Trainer(cfg, mesh, patcher)
     # in-training eval patches exactly (P_max = N + 1) like final scoring: one eval policy
@@ -292,6 +290,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
         state = {"params": out["params"], "opt": out["opt_state"],
                  "step": jax.device_put(jnp.asarray(start, jnp.int32))}
         train_flops = float(out["meta"].get("train_flops", 0.0))
+    if lead:  # after the restore: a workdir that cannot resume is left as it was
+        (workdir / "config.json").write_text(cfg.to_json(indent=2))
+    last_saved = start
 
     writer = metrics.Writer(workdir, enabled=lead)
     progress = metrics.Progress(cfg.train.steps, start, cfg.train.log_every,
@@ -316,11 +317,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
         if not (math.isfinite(m["nll"]) and math.isfinite(m["grad_norm"])):
             skipped_steps += 1
             if cfg.train.nonfinite == "stop" or skipped_steps > cfg.train.max_skipped:
-                good = [s for s in checkpoint.steps(workdir) if s < step]
                 raise TrainingDiverged(
                     f"train: loss {m['nll']} / grad norm {m['grad_norm']} at step {step} "
                     f"({skipped_steps} non-finite step(s)); not saved, last good checkpoint: "
-                    f"{good[-1] if good else 'none'}; lower optim.lr, check the data, or set "
+                    f"{last_saved or 'none'}; lower optim.lr, check the data, or set "
                     "--config.train.nonfinite=skip")
             if lead:  # "skip": the step's update was discarded inside the step
                 print(f"blt-jax train: warning: non-finite loss at step {step}; update skipped "
@@ -374,6 +374,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
                                     meta={"step": step, "train_flops": train_flops},
                                     metrics={checkpoint.BEST_METRIC: eval_metrics["eval_bpb"]}
                                     if eval_metrics else None, force=True)
+                    last_saved = step
                 if stop["flag"] or mngr.reached_preemption(step):
                     preempted = step
                     break
