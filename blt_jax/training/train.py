@@ -300,7 +300,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
     peak = cfg.train.peak_flops or metrics.measured_peak_flops(cfg.model.dtype)
     stop = {"flag": False}
     preempted = 0
-    old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    # one process: our handler; several: JAX's preemption service catches SIGTERM and Orbax's
+    # reached_preemption() makes every process stop (and save) at the same step
+    old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) \
+        if jax.process_count() == 1 else None
     history: list[dict[str, float]] = []
     last_eval: dict[str, float] = {}
     t_last = time.perf_counter()
@@ -385,7 +388,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
         mngr.close()
         writer.close()
         progress.close()
-        signal.signal(signal.SIGTERM, old_handler)
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
     summary = {"kind": cfg.kind, "workdir": str(workdir), "steps": history[-1]["step"]
                if history else start, "train_flops": train_flops} | last_eval | extra
     if history:

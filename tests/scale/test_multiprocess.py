@@ -100,3 +100,49 @@ def test_a_crashed_process_does_not_hang_the_other(tmp_path):
     assert procs[0].returncode != 0
     assert time.time() - t0 < 60
     print(err.decode()[-500:])
+
+
+@pytest.mark.slow
+def test_sigterm_on_every_process_saves_the_same_step_and_resumes(tmp_path):
+    """Cloud TPU preemption: SIGTERM reaches every worker; they stop at one agreed step."""
+    work = tmp_path / "pre"
+    args = ["--config.train.steps=100000", "--config.checkpoint.every=100000"]
+    procs = two_processes("entropy", work, *args)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(metrics.read(work)) < 3:
+        time.sleep(0.2)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err.decode()[-2000:]
+    from blt_jax.training import checkpoint
+
+    (step,) = checkpoint.steps(work)
+    assert "stopped by SIGTERM" in outs[0][1].decode()
+    procs = two_processes("entropy", work, f"--config.train.steps={step + 2}", args[1])
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()[-2000:]
+    assert max(r["step"] for r in metrics.read(work)) == step + 2
+
+
+@pytest.mark.slow
+def test_a_hung_process_makes_the_other_fail_within_60_s(tmp_path):
+    work = tmp_path / "hang"
+    procs = two_processes("entropy", work, "--config.train.steps=100000",
+                          "--config.checkpoint.every=100000", heartbeat=10)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (work / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGSTOP)
+    t0 = time.time()
+    try:
+        _, err = procs[0].communicate(timeout=60)
+        assert procs[0].returncode != 0 and time.time() - t0 < 60
+        print(err.decode()[-3000:])
+    finally:
+        for p in procs:  # no orphans: the stopped one is killed (SIGKILL works on it)
+            p.kill()
+            p.wait()
+    assert all(p.poll() is not None for p in procs)

@@ -130,3 +130,56 @@ def test_sigterm_saves_exits_0_and_the_rerun_resumes(tmp_path):
                                  *common[1:]), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(losses(tmp_path))[-2:] == [step + 1, step + 2]
+
+
+def _params(workdir):
+    return [np.asarray(x) for x in jax.tree.leaves(blt_jax.load(workdir).params)]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """Five kills: inside steps, while an async checkpoint is being written, around evals."""
+    import random
+
+    common = ["--config.train.steps=40", "--config.checkpoint.every=4",
+              "--config.train.eval_every=6", "--config.train.eval_batches=2",
+              "--config.checkpoint.keep_latest=2"]
+    straight = tmp_path / "straight"
+    subprocess.run(cli_train(straight, *common), check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    ck = killed / "checkpoints"
+    rng = random.Random(0)
+    kinds = ["step", "async_save", "eval", "step", "async_save", "eval"]
+    figures = []
+    for kind in kinds:
+        proc = subprocess.Popen(cli_train(killed, *common), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        start = len([r for r in metrics.read(killed) if "loss" in r])
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            rows = metrics.read(killed)
+            moved = len([r for r in rows if "loss" in r]) > start + 1
+            if kind == "async_save" and moved and ck.is_dir() and any(
+                    "tmp" in p.name for p in ck.iterdir()):
+                break  # an unfinished (temporary) step directory exists right now
+            if kind == "eval" and moved and rows and rows[-1]["step"] % 6 == 5:
+                time.sleep(rng.uniform(0.0, 0.3))  # the step before an eval: kill around it
+                break
+            if kind == "step" and moved:
+                time.sleep(rng.uniform(0.0, 0.5))
+                break
+            time.sleep(0.005)
+        if proc.poll() is not None:
+            break  # the run finished before this kill point
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        tmp = [p.name for p in ck.iterdir() if "tmp" in p.name] if ck.is_dir() else []
+        figures.append((kind, ([r["step"] for r in metrics.read(killed)] or [0])[-1],
+                        checkpoint.steps(killed), tmp))
+    print("kills (kind, last logged step, steps on disk, tmp dirs):", *figures, sep="\n  ")
+    assert len(figures) >= 5 and any(f[3] for f in figures), figures
+    r = subprocess.run(cli_train(killed, *common), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert checkpoint.steps(killed)[-1] == 40
+    for a, b in zip(_params(straight), _params(killed)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
