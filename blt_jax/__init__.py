@@ -20,8 +20,9 @@ for _name, _mod in (("tokenizer", tokenizer), ("patching", patching), ("hashing"
 __version__ = "0.1.0"
 
 
-def load(path, step=None):
-    """Opens a blt-jax workdir (see blt_jax.inference.api.load)."""
+def load(path, step=None, mesh=None):
+    """Opens a blt-jax workdir (see blt_jax.inference.api.load); `mesh` restores the
+    parameters straight into that mesh's shards."""
     from blt_jax.inference import api
 
-    return api.load(path, step)
+    return api.load(path, step, mesh)

@@ -173,6 +173,8 @@ def experiment_config(kind: str, model: ml_collections.ConfigDict) -> ml_collect
         steps=1000, grad_accum=1, log_every=10, eval_every=200, eval_batches=8,
         peak_flops=0.0,  # for MFU; 0 -> measured matmul peak of this machine
         progress=True,
+        init_from="",  # DIR[:STEP]: start from another workdir's params (fresh optimizer)
+        profile_steps=(),  # (first, last): a jax.profiler trace of these steps under tb/
         nonfinite="stop",  # non-finite loss/grad norm: "stop", or "skip" the update
         max_skipped=10))  # "skip": stop after this many skipped steps
     c.checkpoint = ml_collections.ConfigDict(dict(
@@ -323,6 +325,9 @@ def validate_run(cfg: ml_collections.ConfigDict) -> None:
     _need(d.batch_size % t.grad_accum == 0, "train.grad_accum",
           f"{t.grad_accum} must divide data.batch_size {d.batch_size}")
     _need(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    ps = tuple(t.profile_steps)
+    _need(not ps or (len(ps) == 2 and 1 <= ps[0] <= ps[1]), "train.profile_steps",
+          f"() or (first, last) with 1 <= first <= last, got {ps}")
     _need(t.nonfinite in ("stop", "skip"), "train.nonfinite", f"'stop' or 'skip', got "
           f"{t.nonfinite!r}")
 

@@ -94,6 +94,9 @@ def save(mngr: ocp.CheckpointManager, step: int, *, params: Any, opt_state: Any 
 def restore(mngr: ocp.CheckpointManager, step: int, *, params: Any, opt_state: Any = None,
             data_iter: Any = None) -> dict[str, Any]:
     """Restores onto abstract targets (ShapeDtypeStructs with the shardings wanted now)."""
+    if opt_state is not None and not (paths.path(mngr.directory) / str(step) / "opt_state").exists():
+        raise UserError(f"workdir: step {step} under {mngr.directory} holds parameters only (an "
+                        "import); train in a new workdir with --config.train.init_from=THAT_DIR")
     items: dict[str, Any] = {"params": ocp.args.StandardRestore(params),
                              "meta": ocp.args.JsonRestore()}
     if opt_state is not None:

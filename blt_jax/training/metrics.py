@@ -13,6 +13,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from blt_jax import paths
 
 
 class Writer:
@@ -20,19 +23,18 @@ class Writer:
 
     def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
         self.enabled = enabled
-        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.path = paths.path(workdir) / "metrics.jsonl"
         self.tb = None
         if enabled:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(pathlib.Path(workdir) / "tb"))
+            self.tb = SummaryWriter(str(paths.path(workdir) / "tb"))  # gs:// too
 
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in scalars.items() if v is not None}
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **clean}) + "\n")
+        paths.append_text(self.path, json.dumps({"step": step, **clean}) + "\n")
         for k, v in clean.items():
             self.tb.add_scalar(k, v, step)
 
@@ -43,7 +45,7 @@ class Writer:
 
 
 def read(workdir: str | pathlib.Path) -> list[dict[str, float]]:
-    path = pathlib.Path(workdir) / "metrics.jsonl"
+    path = paths.path(workdir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -81,6 +83,27 @@ def _fmt(seconds: float) -> str:
     return f"{m}m{s:02d}s"
 
 
+# Dense bf16 matmul peak per chip (FLOP/s) by device_kind; TPUs run float32 matmuls through the
+# same units. Data-sheet figures; MFU against a timed matmul would overstate on these chips.
+PEAK_FLOPS = (("TPU v6", 918e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),
+              ("TPU v5", 459e12), ("TPU v4", 275e12), ("H200", 989e12), ("H100", 989e12),
+              ("A100", 312e12), ("L4", 121e12), ("V100", 125e12))
+
+
+def table_peak_flops(device_kind: str) -> float | None:
+    """The chip's peak from PEAK_FLOPS (first matching name), None for an unlisted chip."""
+    for name, peak in PEAK_FLOPS:
+        if name.lower() in device_kind.lower():
+            return peak
+    return None
+
+
+def peak_flops(override: float, dtype: str) -> float:
+    """train.peak_flops if set, else the chip's table peak, else a timed matmul (CPUs)."""
+    return override or table_peak_flops(jax.devices()[0].device_kind) or \
+        measured_peak_flops(dtype)
+
+
 @functools.lru_cache(maxsize=None)
 def measured_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a jitted n x n matmul on the first device (median of `repeats`).
@@ -97,3 +120,17 @@ def measured_peak_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5)
         f(a, a).block_until_ready()
         times.append(time.perf_counter() - t)
     return 2 * n ** 3 / sorted(times)[len(times) // 2]
+
+
+def summarize_history(history: list[dict[str, float]]) -> dict[str, float]:
+    """Run summary fields from the logged rows: medians of speed (the first, compiling step
+    left out), the final loss, means of the patch statistics."""
+    if not history:
+        return {}
+    rest = history[1:] or history[:1]
+    out = {"bytes_per_s": float(np.median([h["bytes_per_s"] for h in rest])),
+           "mfu": float(np.median([h["mfu"] for h in rest])), "final_loss": history[-1]["loss"]}
+    for k in ("bytes_per_patch", "patch_padding", "overflow_rate"):
+        if k in history[-1]:
+            out[k] = float(np.mean([h[k] for h in history]))
+    return out

@@ -29,10 +29,11 @@ from blt_jax.model import factory, kinds
 from blt_jax.pipeline import data
 from blt_jax.scale import distributed, sharding
 from blt_jax.text import bpe, patching
-from blt_jax.training import checkpoint, metrics, objective, optim
+from blt_jax.training import (checkpoint, metrics, objective, optim, preflight, provenance,
+                              warmstart)
 from blt_jax.training.scorer import Scorer
 
-ENTROPY_DIR = "entropy_model"
+ENTROPY_DIR = preflight.ENTROPY_DIR
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,19 +64,6 @@ def prepare_workdir(cfg: ml_collections.ConfigDict, workdir: pathlib.Path
     return resumed
 
 
-def _entropy_source(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
-    """The entropy workdir to freeze (checked before the run writes anything)."""
-    src = paths.path(cfg.entropy.workdir)
-    if not cfg.entropy.workdir or not (src / "config.json").exists():
-        raise UserError(f"entropy: no trained entropy model at {cfg.entropy.workdir!r}; train "
-                        "one first (experiments/entropy_tiny.py) and pass "
-                        "--config.entropy.workdir=DIR")
-    src_cfg = factory.read_config(src)
-    if not kinds.of(src_cfg).scores_entropies:
-        raise UserError(f"entropy: {src} holds a {src_cfg.kind} model, not an entropy model")
-    return src
-
-
 def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
     """Freezes the entropy model into WORKDIR/entropy_model (params only) on first start.
 
@@ -85,7 +73,7 @@ def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -
     dest = workdir / ENTROPY_DIR
     if (dest / "config.json").exists():
         return dest
-    src = _entropy_source(cfg, workdir)
+    src = preflight.entropy_source(cfg)
     _, weights, step = factory.load_weights(src)
     tmp = workdir / (ENTROPY_DIR + ".tmp")
     lead = jax.process_index() == 0
@@ -143,6 +131,11 @@ def _bpe_tokenizer(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, docs: 
 # State and steps
 
 
+def _abstract(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree,
+                        shardings)
+
+
 class Trainer(Scorer):
     """The scoring step plus the optimizer: sharded state and the jitted train step."""
 
@@ -165,6 +158,19 @@ class Trainer(Scorer):
     def init_state(self) -> dict[str, Any]:
         with jax.set_mesh(self.mesh):
             return self._init()
+
+    def abstract_params(self) -> Any:
+        """The params' shapes with this run's shardings (restore targets)."""
+        return _abstract(self.abstract["params"], self.shardings["params"])
+
+    def abstract_opt(self) -> Any:
+        return _abstract(self.abstract["opt"], self.shardings["opt"])
+
+    def init_from(self, params: Any, source_step: int) -> dict[str, Any]:
+        """State at step 0 with given params and a fresh optimizer state (init_from)."""
+        with jax.set_mesh(self.mesh):
+            opt = jax.jit(self.tx.init, out_shardings=self.shardings["opt"])(params)
+        return {"params": params, "opt": opt, "step": jax.device_put(jnp.asarray(0, jnp.int32))}
 
     def _train_step(self, state: dict[str, Any], batch: dict[str, jax.Array], frozen: Any
                     ) -> tuple[dict[str, Any], dict[str, jax.Array]]:
@@ -215,27 +221,13 @@ class Trainer(Scorer):
 # The run
 
 
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Trains (or resumes) and returns the final summary; writes everything under workdir."""
     workdir = paths.path(workdir)
     # every check that needs no workdir comes first: a mistake writes nothing
-    config.validate_run(cfg)
-    config.validate(cfg.model)
-    kinds.of(cfg).check(cfg)
-    docs = data.documents(cfg.data, "train")
-    eval_docs = data.documents(cfg.data, "validation")
-    data.check_enough(docs, cfg.data.seq_len, "train")
-    try:
-        mesh = sharding.make_mesh(tuple(cfg.mesh.shape), dcn_shape=tuple(cfg.mesh.dcn_shape))
-    except ValueError as e:  # make_mesh checks only the user's mesh sizes against the devices
-        raise UserError(f"mesh: {e}; pick sizes whose product is {jax.device_count()}") from None
-    if jax.device_count() % mesh.size or cfg.data.batch_size % (mesh.shape["data"] *
-                                                                mesh.shape["fsdp"]):
-        raise UserError(f"mesh: {dict(mesh.shape)} must divide the {jax.device_count()} devices "
-                        f"and data.batch_size {cfg.data.batch_size} (data x fsdp); change "
-                        "mesh.shape")
-    if kinds.of(cfg).uses_patcher(cfg) and not (workdir / ENTROPY_DIR / "config.json").exists():
-        _entropy_source(cfg, workdir)
+    docs, eval_docs, mesh, init_src = preflight.check(cfg, workdir)
     cfg = prepare_workdir(cfg, workdir)  # a copy: the caller's config is never changed
     kind = kinds.of(cfg)
     lead = jax.process_index() == 0
@@ -275,8 +267,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
     train_flops = 0.0
     start = 0
     if checkpoint.steps(workdir):
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                trainer.abstract, trainer.shardings)
+        abstract = {"params": trainer.abstract_params(), "opt": trainer.abstract_opt()}
         out, start, skipped = checkpoint.first_intact(workdir, lambda s: checkpoint.restore(
             mngr, s, params=abstract["params"], opt_state=abstract["opt"], data_iter=train_it))
         for note in skipped:  # moved aside (not deleted) so this run can save those steps anew
@@ -290,14 +281,18 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
         state = {"params": out["params"], "opt": out["opt_state"],
                  "step": jax.device_put(jnp.asarray(start, jnp.int32))}
         train_flops = float(out["meta"].get("train_flops", 0.0))
+    elif init_src is not None:  # a new run from other parameters, with a fresh optimizer
+        state = trainer.init_from(*warmstart.params(init_src, trainer.abstract_params()))
     if lead:  # after the restore: a workdir that cannot resume is left as it was
+        provenance.record_start(workdir, cfg, mesh, start, provenance.changed_fields(workdir, cfg))
         (workdir / "config.json").write_text(cfg.to_json(indent=2))
     last_saved = start
 
     writer = metrics.Writer(workdir, enabled=lead)
     progress = metrics.Progress(cfg.train.steps, start, cfg.train.log_every,
                                 enabled=lead and cfg.train.progress, label=f"[{cfg.kind}] ")
-    peak = cfg.train.peak_flops or metrics.measured_peak_flops(cfg.model.dtype)
+    peak = metrics.peak_flops(cfg.train.peak_flops, cfg.model.dtype)
+    profiler = provenance.Profiler(cfg.train.profile_steps, workdir)
     stop = {"flag": False}
     preempted = 0
     # one process: our handler; several: JAX's preemption service catches SIGTERM and Orbax's
@@ -352,7 +347,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
                     # up if peers reach the first one more than 30 s apart
                     trainer.train_step.lower(state, batch, trainer.frozen).compile()
                     distributed.rendezvous("first_step")
+                profiler.before(step)
                 state, dev_metrics = trainer.train_step(state, batch, trainer.frozen)
+                profiler.after(step, state)
                 if pending is not None:
                     fetch(pending)
                 pending = (step, dev_metrics)
@@ -384,6 +381,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
             if pending is not None:
                 fetch(pending)
     finally:
+        profiler.close()
         mngr.wait_until_finished()
         mngr.close()
         writer.close()
@@ -392,14 +390,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str
             signal.signal(signal.SIGTERM, old_handler)
     summary = {"kind": cfg.kind, "workdir": str(workdir), "steps": history[-1]["step"]
                if history else start, "train_flops": train_flops} | last_eval | extra
-    if history:
-        summary["bytes_per_s"] = float(np.median([h["bytes_per_s"] for h in history[1:]] or
-                                                 [history[0]["bytes_per_s"]]))
-        summary["mfu"] = float(np.median([h["mfu"] for h in history[1:]] or [history[0]["mfu"]]))
-        summary["final_loss"] = history[-1]["loss"]
-        for k in ("bytes_per_patch", "patch_padding", "overflow_rate"):
-            if k in history[-1]:
-                summary[k] = float(np.mean([h[k] for h in history]))
+    summary.update(metrics.summarize_history(history))
     summary.update(kind.summary(cfg, trainer.p_max))
     if preempted:
         summary["preempted_at"] = preempted

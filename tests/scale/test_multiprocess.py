@@ -140,7 +140,7 @@ def test_a_hung_process_makes_the_other_fail_within_60_s(tmp_path):
     try:
         _, err = procs[0].communicate(timeout=60)
         assert procs[0].returncode != 0 and time.time() - t0 < 60
-        print(err.decode()[-3000:])
+        assert "stopped sending heartbeats" in err.decode()  # names the peer that went quiet
     finally:
         for p in procs:  # no orphans: the stopped one is killed (SIGKILL works on it)
             p.kill()

@@ -172,3 +172,54 @@ def test_bad_input_gives_one_line_errors(tmp_path):
                         "--config.model.dim=32")
     assert code == 2 and "different model" in err
     assert sorted(p.name for p in (tmp_path / "used" / "checkpoints").iterdir()) == before
+
+
+def test_init_from_an_imported_workdir_starts_from_its_parameters(tmp_path):
+    from blt_jax.errors import UserError
+    from blt_jax.pipeline import data
+    from blt_jax.scale import sharding
+    from blt_jax.training.scorer import Scorer
+
+    cfg = small("entropy", steps=1, eval_every=1000)
+    src = helpers.make_workdir(tmp_path / "imported", "entropy", cfg.model, seed=5)  # step 0 only
+    with pytest.raises(UserError, match="parameters only.*init_from"):
+        train.run(cfg, src)  # an import is not a run to resume: the error says what to do
+    cfg.train.init_from = f"{src}:0"
+    train.run(cfg, tmp_path / "ft")
+    got = losses(tmp_path / "ft")[1]
+    batch = next(iter(data.train_batches(data.documents(cfg.data, "train"), seq_len=64,
+                                         batch_size=8, seed=cfg.seed, loader_shards=0,
+                                         process=(0, 1), bpe_tokenizer=None, num_workers=0)))
+    import blt_jax
+    want = Scorer(cfg, sharding.make_mesh((1, 1, 1))).evaluate(
+        blt_jax.load(src).params, [batch], 8)["eval_loss"]
+    assert abs(got - want) <= 1e-5 * want, (got, want)
+    cfg.train.init_from = ""
+    train.run(cfg, tmp_path / "fresh")
+    assert abs(losses(tmp_path / "fresh")[1] - got) > 1e-3  # the test can tell the two apart
+
+
+def test_run_json_profile_trace_and_changed_settings_on_resume(tmp_path, capsys):
+    cfg = small("entropy", steps=3, eval_every=1000, profile_steps=(2, 3))
+    train.run(cfg, tmp_path)
+    assert list((tmp_path / "tb").rglob("*.xplane.pb")), "no profiler trace under tb/"
+    cfg = small("entropy", steps=5, eval_every=1000)
+    capsys.readouterr()
+    train.run(cfg, tmp_path)  # resume with other run settings: reported, and recorded
+    assert "train.steps: 3 -> 5" in capsys.readouterr().err
+    first, second = json.loads((tmp_path / "run.json").read_text())["starts"]
+    assert first["start_step"] == 0 and second["start_step"] == 3
+    assert second["changed_on_resume"]["train.steps"] == [3, 5]
+    assert first["changed_on_resume"] == {}
+    for key in ("git", "packages", "device_kind", "device_count", "mesh", "command"):
+        assert key in first
+    assert first["packages"]["jax"] and first["mesh"] == {"data": 1, "fsdp": 1, "tensor": 1}
+
+
+def test_peak_flops_table():
+    assert metrics.table_peak_flops("TPU v5 lite") == 197e12
+    assert metrics.table_peak_flops("TPU v5") == 459e12
+    assert metrics.table_peak_flops("TPU v6 lite") == 918e12
+    assert metrics.table_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert metrics.table_peak_flops("cpu") is None
+    assert metrics.peak_flops(123.0, "float32") == 123.0
