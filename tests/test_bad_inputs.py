@@ -141,6 +141,8 @@ CASES = {  # name -> (argv(d), words the one line must contain)
                                             "--prompt", "a"], "not a blt-jax workdir"),
     "eval workdir missing": (lambda d: ["eval", "--workdir", str(d / "none")],
                              "not a blt-jax workdir"),
+    "eval stride zero": (lambda d: ["eval", "--workdir", str(d / "ent"), "--stride", "0"],
+                         "must be >= 1"),
     "ckpt pin missing step": (lambda d: ["ckpt", "pin", str(d / "ent"), "7"], "no checkpoint"),
     "ckpt list no checkpoints": (lambda d: ["ckpt", "list", str(d / "emptydir")],
                                  "no checkpoints"),

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Callable
 
+from blt_jax.errors import UserError  # light: no JAX import
+
 # A handler returns the exit code, or the text to print (exit 0).
 Handler = Callable[[argparse.Namespace, list[str]], int | str | None]
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -26,6 +28,17 @@ def command(name: str, help_text: str, add_args: Callable[[argparse.ArgumentPars
     return register
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is argparse's one-line error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _text_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", help="text to patch (UTF-8)")
@@ -33,8 +46,6 @@ def _text_args(p: argparse.ArgumentParser) -> None:
 
 
 def _read_file(path: str, flag: str) -> bytes:
-    from blt_jax.errors import UserError
-
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -46,8 +57,6 @@ def _read_file(path: str, flag: str) -> bytes:
 def _workdir(path: str) -> str:
     """A blt-jax workdir to read: checked here so a typo is one line, not a traceback."""
     from blt_jax import paths
-    from blt_jax.errors import UserError
-
     if not (paths.path(path) / "config.json").exists():
         raise UserError(f"--workdir: {path!r} is not a blt-jax workdir (no config.json); give a "
                         "trained or imported workdir")
@@ -73,7 +82,6 @@ def _patch_args(p: argparse.ArgumentParser) -> None:
 
 @command("patch", "show how a text is cut into patches", _patch_args)
 def _patch(args: argparse.Namespace, extra: list[str]) -> str:
-    from blt_jax.errors import UserError
     from blt_jax.text import patching
     from blt_jax.tools import patch_view
 
@@ -136,9 +144,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-path", default=None, help="override data.path")
     p.add_argument("--split", default="validation", help="which split to score")
     p.add_argument("--max-batches", type=int, default=0, help="0: the whole split")
-    p.add_argument("--seq-len", type=int, default=None, help="window length (default: the "
+    p.add_argument("--seq-len", type=_positive, default=None, help="window length (default: the "
                    "model's data.seq_len, in its own units)")
-    p.add_argument("--stride", type=int, default=None, help="sliding windows with this stride "
+    p.add_argument("--stride", type=_positive, default=None, help="sliding windows with this stride "
                    "(default: non-overlapping windows)")
 
 
@@ -164,7 +172,6 @@ def _ckpt_args(p: argparse.ArgumentParser) -> None:
 
 @command("ckpt", "list checkpoints, or pin/unpin a step so cleanup never deletes it", _ckpt_args)
 def _ckpt(args: argparse.Namespace, extra: list[str]) -> int:
-    from blt_jax.errors import UserError
     from blt_jax.training import checkpoint
 
     if args.action == "list":
@@ -186,7 +193,7 @@ def _ckpt(args: argparse.Namespace, extra: list[str]) -> int:
 def _preprocess_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", required=True, help="a trained entropy-model workdir")
     p.add_argument("--out", required=True, help="new directory for the ArrayRecord shards")
-    p.add_argument("--shards", type=int, default=1)
+    p.add_argument("--shards", type=_positive, default=1)
     p.add_argument("--max-docs", type=int, default=0, help="0: every document")
 
 
@@ -224,8 +231,6 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
 
     import blt_jax
     from blt_jax.inference import generate
-
-    from blt_jax.errors import UserError
 
     if args.prompt is not None:
         try:
@@ -285,8 +290,6 @@ def _compile_check(args: argparse.Namespace, extra: list[str]) -> int:
 
     from blt_jax.scale import compile_check
     from blt_jax import config
-
-    from blt_jax.errors import UserError
 
     try:
         compile_check.topology_name(args.topology)  # parses only the flag's text
@@ -377,8 +380,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from blt_jax.errors import UserError
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "handler", None) is None:
