@@ -132,6 +132,18 @@ def test_sigterm_saves_exits_0_and_the_rerun_resumes(tmp_path):
     assert sorted(losses(tmp_path))[-2:] == [step + 1, step + 2]
 
 
+def _tmp_dirs(ck: pathlib.Path) -> set:
+    """(name, mtime) of Orbax's temporary step directories (they vanish when renamed)."""
+    out = set()
+    for p in (ck.iterdir() if ck.is_dir() else ()):
+        try:
+            if "tmp" in p.name:
+                out.add((p.name, p.stat().st_mtime_ns))
+        except FileNotFoundError:
+            continue
+    return out
+
+
 def _params(workdir):
     return [np.asarray(x) for x in jax.tree.leaves(blt_jax.load(workdir).params)]
 
@@ -155,13 +167,13 @@ def test_sigkill_at_random_points_then_resume_equals_the_uninterrupted_run(tmp_p
         proc = subprocess.Popen(cli_train(killed, *common), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         start = len([r for r in metrics.read(killed) if "loss" in r])
+        old_tmp = _tmp_dirs(ck)
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             rows = metrics.read(killed)
             moved = len([r for r in rows if "loss" in r]) > start + 1
-            if kind == "async_save" and moved and ck.is_dir() and any(
-                    "tmp" in p.name for p in ck.iterdir()):
-                break  # an unfinished (temporary) step directory exists right now
+            if kind == "async_save" and moved and _tmp_dirs(ck) - old_tmp:
+                break  # this process is writing a (temporary) step directory right now
             if kind == "eval" and moved and rows and rows[-1]["step"] % 6 == 5:
                 time.sleep(rng.uniform(0.0, 0.3))  # the step before an eval: kill around it
                 break
