@@ -137,6 +137,7 @@ CASES = {  # name -> (argv(d), words the one line must contain)
     "generate 1 MB prompt": (G("--prompt-file", "{d}/big_prompt.txt"), "shorten the prompt"),
     "generate invalid UTF-8": (G("--prompt", "ab\udcff"), "not valid UTF-8"),
     "generate prompt file missing": (G("--prompt-file", "{d}/none.txt"), "cannot read"),
+    "generate with an entropy model": (G("--prompt", "a"), "does not generate"),
     "generate workdir missing": (lambda d: ["generate", "--workdir", str(d / "none"),
                                             "--prompt", "a"], "not a blt-jax workdir"),
     "eval workdir missing": (lambda d: ["eval", "--workdir", str(d / "none")],

@@ -91,6 +91,7 @@ class Model:
         batch = isinstance(prompt, (list, tuple))
         prompts = [tokenizer_bytes(p) for p in (prompt if batch else [prompt])]
         validate.generation(prompts, max_new_bytes, temperature, top_k, top_p, self.max_context)
+        validate.generator(self)
         if not prompts:
             raise ValueError("prompt: give at least one prompt")
         stops = tuple(tokenizer_bytes(s) for s in ([stop] if isinstance(stop, (str, bytes))

@@ -46,3 +46,10 @@ def generation(prompts: Sequence[bytes], max_new_bytes: Any, temperature: Any, t
         raise UserError(f"top_k: must be an integer >= 1 (or unset), got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise UserError(f"top_p: must be in (0, 1] (or unset), got {top_p!r}")
+
+
+def generator(model: Any) -> None:
+    """Only kinds with a decoder generate (BLT, BPE); an entropy model only scores."""
+    if model.kind.decoder is None:
+        raise UserError(f"generate: {model.workdir} holds a {model.kind} model, which does not "
+                        "generate; use a BLT or BPE workdir")

@@ -245,6 +245,7 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     model = blt_jax.load(_workdir(args.workdir), args.step)
     validate.generation([prompt], args.max_new_bytes, args.temperature, args.top_k, args.top_p,
                         model.max_context)
+    validate.generator(model)
     opts = generate.Options(args.max_new_bytes, args.temperature, args.top_k, args.top_p,
                             args.seed, tuple(s.encode("utf-8") for s in args.stop))
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # never split a character
