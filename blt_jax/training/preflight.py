@@ -23,7 +23,10 @@ def check(cfg: ml_collections.ConfigDict, workdir: paths.Path
     """(train docs, validation docs, mesh, init_from source) of a valid run config."""
     config.validate_run(cfg)
     config.validate(cfg.model)
-    kinds.of(cfg).check(cfg)
+    try:  # the kind's checks read only the user's config: their ValueErrors are user mistakes
+        kinds.of(cfg).check(cfg)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     docs = data.documents(cfg.data, "train")
     eval_docs = data.documents(cfg.data, "validation")
     data.check_enough(docs, cfg.data.seq_len, "train")
