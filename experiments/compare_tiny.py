@@ -18,6 +18,7 @@ def get_config(arg=None):
         static_patch_size=4,
         curve_points=4, curve_eval_batches=8,
         eval_docs=0,  # validation documents in the final table (0: all)
+        context_bytes=0,  # every model's left context in the table (0: the most all trained at)
         noise_docs=6, noise_rate=0.1, seed=0, progress=True))
     if arg == "ci":
         c.update(train_flops=5.0e10, entropy_steps=20, curve_points=2, curve_eval_batches=1,

@@ -7,6 +7,13 @@ expected bytes/patch on training rows (calibrated for entropy patching, measured
 exact for static); the baseline's from its FLOPs per token. Each run evaluates at four
 points for the BPB-vs-FLOPs curve; the final table scores the whole validation split with the
 same bytes for every model, plus the noised variants of the robustness suite.
+
+Fairness of the final table is asserted, not assumed: every model gets the same left context in
+bytes (`context_bytes`, default: the largest every model was trained at; token windows are cut
+where the byte budget ends) and must score exactly the same number of bytes; compare.json
+records both and the measured mean context of each model. The BPB-vs-FLOPs curves come from the
+in-training evaluations, which patch exactly (P_max = N + 1) like the final scoring but run on
+each model's own training rows (`curve_policy` in compare.json).
 """
 
 from __future__ import annotations
@@ -75,24 +82,59 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, log=print) 
     if cfg.eval_docs:
         docs = docs[: cfg.eval_docs]
     models = {name: api.load(root / name) for name in runs}
+    context = int(cfg.get("context_bytes", 0)) or shared_context_bytes(models, docs)
     for name, model in models.items():
-        val = evaluate.score(model, docs)
-        results[name]["val"] = val
-    noise = robustness.noise_table(models, noisy_docs, rate=cfg.noise_rate, seed=cfg.seed)
+        results[name]["val"] = evaluate.score(model, docs, context_bytes=context)
+    fairness = check_fair({n: r["val"] for n, r in results.items()})
+    noise = robustness.noise_table(models, noisy_docs, rate=cfg.noise_rate, seed=cfg.seed,
+                                   context_bytes=context)
     for row in noise:
         results[row["model"]]["noise"] = row
-    table = format_table(results)
+    table = format_table(results) + (
+        f"\n\nEvery model scored the same {fairness['scored_bytes']:.0f} bytes with at most "
+        f"{fairness['context_bytes']} bytes of left context (mean per scored byte: "
+        + ", ".join(f"{n} {c:.0f}" for n, c in fairness["mean_context_bytes"].items()) + ").")
     from blt_jax.evaluation import figures
 
     plot = figures.bpb_vs_flops({n: r["curve"] for n, r in results.items()},
                                 str(root / "bpb_vs_flops.png"))
     out = {"config": json.loads(cfg.to_json()), "wall_seconds": time.perf_counter() - t0,
-           "table": table, "plot": plot, "results": results}
+           "table": table, "plot": plot, "fairness": fairness,
+           "curve_policy": "in-training eval, exact patching (P_max = N + 1), each model's own "
+                           "training rows (seq_len ids)", "results": results}
     (root / "compare.json").write_text(json.dumps(out, indent=2, default=str))
     (root / "compare.md").write_text(table + "\n")
     log(table)
     log(f"[compare] plot: {plot}; wall time {out['wall_seconds'] / 60:.1f} min")
     return out
+
+
+def shared_context_bytes(models: dict[str, api.Model], docs: Any) -> int:
+    """The largest left context in bytes every model was trained at: a byte model's seq_len,
+    a token model's seq_len x its measured bytes/token on `docs` (rounded down)."""
+    out = []
+    for model in models.values():
+        ids, nbytes = evaluate.stream(model, docs)
+        per_id = 1.0 if nbytes is None else float(nbytes.sum()) / max(len(ids), 1)
+        out.append(int(model.config.data.seq_len * per_id))
+    return max(1, min(out))
+
+
+def check_fair(vals: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Raises unless every model scored the same bytes with the same byte context budget."""
+    scored = {n: v["bytes"] for n, v in vals.items()}
+    budget = {n: v.get("context_bytes") for n, v in vals.items()}
+    if len(set(scored.values())) != 1:
+        raise RuntimeError(f"compare: models scored different byte counts {scored}")
+    if len(set(budget.values())) != 1 or None in budget.values():
+        raise RuntimeError(f"compare: models had different byte contexts {budget}")
+    over = {n: v["max_context_bytes"] for n, v in vals.items()
+            if v["max_context_bytes"] > v["context_bytes"]}
+    if over:
+        raise RuntimeError(f"compare: context beyond the byte budget {over}")
+    return {"scored_bytes": next(iter(scored.values())),
+            "context_bytes": next(iter(budget.values())),
+            "mean_context_bytes": {n: v["mean_context_bytes"] for n, v in vals.items()}}
 
 
 def _curve(workdir: pathlib.Path) -> list[dict[str, float]]:

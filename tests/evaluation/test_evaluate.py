@@ -61,11 +61,92 @@ def test_sliding_windows_score_each_target_once():
         next(evaluate.windows(ids, None, 16, 17, 1))
 
 
-def test_sliding_context_helps_or_equals_on_a_trained_pattern(models):
-    # a longer guaranteed context can only be computed differently; both must count the same
-    a = evaluate.score(models["entropy"], DOCS)
-    b = evaluate.score(models["entropy"], DOCS, stride=4)
-    assert a["bytes"] == b["bytes"] and a["bpb"] != b["bpb"]
+def check_rows(ids, nb, budget, stride, in_bytes=True):
+    """Independent checks of the windows over a stream whose ids name their own positions."""
+    cum = np.concatenate([[0], np.cumsum(nb)])
+    seen, first = [], True
+    for b in evaluate.windows(ids, nb, budget, stride, 4, in_bytes=in_bytes):
+        for row, tgt, mask in zip(b["ids"], b["targets"], b["mask"]):
+            k = int((tgt > 0).sum())  # inputs with a target (the last target also sits in row)
+            s = int(row[0]) - 1  # stream position of the first input
+            assert (row[:k] == ids[s: s + k]).all() and (tgt[:k] == ids[s + 1: s + k + 1]).all()
+            size = cum[s + k] - cum[s]  # input bytes (ids' own count when not in_bytes)
+            limit = budget if in_bytes else None
+            assert limit is None or size <= limit or k == 1
+            if in_bytes and s + k < len(ids) - 1 and stride is None:
+                assert size + nb[s + k] > budget  # maximal: the next id would not fit
+            for j in np.flatnonzero(mask):
+                ctx = cum[s + j + 1] - cum[s]  # bytes seen by the target at input j
+                assert first or ctx >= budget - (stride or budget) - nb.max() + 1 or s == 0
+                seen.append(int(tgt[j]))
+            first = False
+    assert seen == ids[1:].tolist()  # every target once, in order
+
+
+@pytest.mark.parametrize("budget,stride", [(20, None), (20, 7), (9, 9), (6, 1), (64, 30)])
+def test_byte_budget_windows(budget, stride):
+    rng = np.random.default_rng(budget * 31 + (stride or 0))
+    ids = np.arange(1, 301)
+    check_rows(ids, rng.integers(1, 8, len(ids)), budget, stride)  # token-like byte counts
+    check_rows(ids, np.ones(len(ids), np.int64), budget, stride)  # a byte model
+
+
+def test_sliding_context_guarantee_and_scoring(models):
+    # each later window re-reads N - S earlier ids: the scored targets' context is at least that
+    ids = np.arange(1, 200)
+    for b in evaluate.windows(ids, None, 16, 4, batch_size=2):
+        for row, mask in zip(b["ids"], b["mask"]):
+            if row[0] != 1:
+                assert np.flatnonzero(mask).min() >= 16 - 4
+    # and the harness sums exactly those targets' log-probs (hand sum over the same windows)
+    m = models["entropy"]
+    got = evaluate.score(m, DOCS, stride=4)
+    ids, _ = evaluate.stream(m, DOCS)
+    nats = 0.0
+    for b in evaluate.windows(ids, None, 24, 4, 1):
+        logits = m.logits(b["ids"]).astype(np.float64)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nats -= (np.take_along_axis(logp, b["targets"][..., None], -1)[..., 0] * b["mask"]).sum()
+    assert got["nats"] == pytest.approx(nats, rel=1e-4)
+    assert got["bytes"] == evaluate.score(m, DOCS)["bytes"]
+
+
+BAD_UTF8 = [b"valid start \xff\xfe then \xc3( broken \xe2\x82 tail", b"\x80\x81\x82"]
+
+
+def test_same_byte_context_and_bytes_for_every_model(models):
+    docs = DOCS + BAD_UTF8  # invalid UTF-8 must count byte for byte for BPE too
+    n_bytes = sum(len(d) + 2 for d in docs) - 1
+    res = {n: evaluate.score(m, docs, context_bytes=20) for n, m in models.items()}
+    for name, r in res.items():
+        assert r["bytes"] == n_bytes, (name, r["bytes"])
+        assert r["context_bytes"] == 20 and r["context_unit"] == "bytes"
+        assert r["max_context_bytes"] <= 20 and r["mean_context_bytes"] > 5
+    # the byte model's windows are exactly 20 bytes: its max context is the budget itself
+    assert res["entropy"]["max_context_bytes"] == 20
+    from blt_jax.evaluation import compare
+    fair = compare.check_fair(res)
+    assert fair["scored_bytes"] == n_bytes and fair["context_bytes"] == 20
+    # the BPE result is the hand sum over its byte-budget windows
+    m = models["bpe"]
+    ids, nb = evaluate.stream(m, docs)
+    nats = 0.0
+    for b in evaluate.windows(ids, nb, 20, None, 1, in_bytes=True):
+        logits = m.logits(b["ids"]).astype(np.float64)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nats -= (np.take_along_axis(logp, b["targets"][..., None], -1)[..., 0] * b["mask"]).sum()
+    assert res["bpe"]["nats"] == pytest.approx(nats, rel=1e-4)
+
+
+def test_compare_refuses_unequal_bytes_or_context():
+    from blt_jax.evaluation import compare
+    ok = dict(bytes=100.0, context_bytes=20, max_context_bytes=20, mean_context_bytes=10.0)
+    with pytest.raises(RuntimeError, match="different byte counts"):
+        compare.check_fair({"a": ok, "b": dict(ok, bytes=102.0)})
+    with pytest.raises(RuntimeError, match="different byte contexts"):
+        compare.check_fair({"a": ok, "b": dict(ok, context_bytes=None)})
+    with pytest.raises(RuntimeError, match="beyond"):
+        compare.check_fair({"a": ok, "b": dict(ok, max_context_bytes=21)})
 
 
 def test_flops_per_byte_fields(models):
@@ -160,6 +241,9 @@ def test_compare_tiny_reduced(tmp_path):
     flops = [r["summary"]["train_flops"] for r in res.values()]
     assert max(flops) / min(flops) < 1.35  # equal training FLOPs (to a step's granularity)
     assert len({r["val"]["bytes"] for r in res.values()}) == 1  # the same bytes for every model
+    fair = out["fairness"]
+    assert {r["val"]["context_bytes"] for r in res.values()} == {fair["context_bytes"]}
+    assert fair["scored_bytes"] == res["bpe"]["val"]["bytes"] and "curve_policy" in out
     assert all(len(r["curve"]) >= 2 for r in res.values())
     assert (tmp_path / "cmp" / "bpb_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
     assert "| bpe |" in (tmp_path / "cmp" / "compare.md").read_text()
