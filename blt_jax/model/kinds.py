@@ -72,7 +72,7 @@ class TokenCodec:
         return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
 
     def decode(self, ids: Sequence[int]) -> bytes:
-        return self.tokenizer.decode(ids).encode("utf-8")
+        return self.tokenizer.decode_bytes(ids)  # raw bytes, invalid UTF-8 included
 
     def loop_stops(self, stop: Sequence[bytes]) -> list[np.ndarray]:
         return []  # token boundaries need not align with a stop string
