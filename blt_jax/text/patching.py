@@ -14,7 +14,10 @@ Rules (``H`` entropies in nats, ``ids`` BLT ids; position ``p`` starts a patch i
 - ``combined``  p < 3, or p >= 4 and H[p-1] > threshold and H[p-1] - H[p-2] > threshold_add
 - ``space``     p < 2, or byte p-1 ends a word: a special id, or a space-like byte after a
                 non-space-like one (space-like: not [0-9A-Za-z] and not a UTF-8 continuation byte)
-- ``bpe``       p < 2, or ids[p-1] is the BPE delimiter (id 3)
+- ``bpe``       p < 2, or ids[p-1] is the BPE delimiter (id 3) and p-1 < L-1: as the reference
+                (spec §3.7, ``tokens[:, :-1]``), a delimiter at L-1 never opens the virtual patch
+- ``bpe_incremental`` the same without the L-1 exception: a prefix patches exactly like the
+                longer row (prefix-consistent; what incremental decoding does for both modes)
 - ``byte``      always (every patch is one byte)
 - ``static``    p == 0, or (p - 1) % patch_size == 0. Unlike the reference (whose static mode needs
                 a BOE prefix), the [BOS] patch stays on its own so the rows fit the BLT forward.
@@ -43,7 +46,7 @@ import numpy as np
 from blt_jax.text.tokenizer import BPE_DELIM_ID, OFFSET
 
 ENTROPY_MODES = ("global", "monotonic", "combined")
-MODES = ENTROPY_MODES + ("space", "bpe", "byte", "static")
+MODES = ENTROPY_MODES + ("space", "bpe", "bpe_incremental", "byte", "static")
 DEFAULT_THRESHOLD = 1.335442066192627
 
 
@@ -149,12 +152,13 @@ def _shift_right(xp: Any, x: Any, n: int, fill: Any) -> Any:
 
 
 def rule_starts(rule: PatchRule, xp: Any, pos: Any, h1: Any = None, h2: Any = None,
-                x1: Any = None, x2: Any = None) -> Any:
+                x1: Any = None, x2: Any = None, virtual: Any = False) -> Any:
     """Does position `pos` open a patch by the rule itself (before max_patch_length splits)?
 
     The one statement of every rule, read only from what precedes `pos`: h1 = H[pos-1],
     h2 = H[pos-2], x1 = ids[pos-1], x2 = ids[pos-2] (any value where pos is too small to have
-    them). :func:`start_mask` evaluates it over whole rows, incremental decoding per position.
+    them); `virtual` marks the next-byte position L (only the reference ``bpe`` rule reads it).
+    :func:`start_mask` evaluates it over whole rows, incremental decoding per position.
     """
     mode, th = rule.mode, rule.threshold
     if mode == "global":
@@ -167,6 +171,8 @@ def rule_starts(rule: PatchRule, xp: Any, pos: Any, h1: Any = None, h2: Any = No
         sl1, sl2 = _spacelike(xp, x1), _spacelike(xp, x2) | (pos < 2)
         return (pos < 2) | (x1 < OFFSET) | (sl1 & ~sl2)
     if mode == "bpe":
+        return (pos < 2) | ((x1 == BPE_DELIM_ID) & ~virtual)
+    if mode == "bpe_incremental":
         return (pos < 2) | (x1 == BPE_DELIM_ID)
     if mode == "byte":
         return pos >= 0
@@ -200,7 +206,9 @@ def start_mask(xp: Any, rule: PatchRule, *, length: int, include_next: bool, ids
     if ids is not None:
         fill = xp.zeros((), ids.dtype)
         reads.update(x1=prev(ids, 1, fill), x2=prev(ids, 2, fill))
-    starts = xp.broadcast_to(rule_starts(rule, xp, pos, **reads), (batch, t_len))
+    virtual = (pos == length) if include_next else xp.zeros_like(pos, dtype=bool)
+    starts = xp.broadcast_to(rule_starts(rule, xp, pos, virtual=virtual, **reads),
+                             (batch, t_len))
     if rule.max_patch_length is not None:
         starts = split_long(rule, starts, pos - _cummax(xp, xp.where(starts, pos, 0)))
     return starts
@@ -240,7 +248,7 @@ def patch_lengths(ids: Any = None, entropies: Any = None, rule: PatchRule | None
         one_d = one_d_ids if one_d is None else one_d
         if h is not None and h.shape != ref.shape:
             raise ValueError(f"ids: shape {ref.shape} differs from entropies {h.shape}")
-    elif rule.mode in ("space", "bpe"):
+    elif rule.mode in ("space", "bpe", "bpe_incremental"):
         raise ValueError(f"ids: mode {rule.mode!r} needs ids")
     shape = (h if h is not None else ref).shape if (h is not None or ref is not None) else None
     if shape is None:
