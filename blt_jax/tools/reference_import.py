@@ -148,15 +148,29 @@ def blt_config_from_reference(m: Mapping[str, Any], patcher: Mapping[str, Any]
     return config.validate(config.blt_config(**fields))
 
 
+# what the reference's load_entropy_model builds whatever params.json says (spec §2.1)
+_REF_ENTROPY_FIXED = {"sliding_window": 512, "rope_theta": 10000.0, "n_kv_heads": None,
+                      "norm_eps": 1e-5, "multiple_of": 256}
+
+
 def entropy_config_from_reference(e: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """params.json["entropy_model"] -> transformer config (window: the config's sliding_window,
-    else 512 like the reference loader; RoPE θ: rope_theta, else the library default 10000)."""
+    """params.json["entropy_model"] -> transformer config, as the reference loader builds it:
+    only dim, n_layers, n_heads, ffn_dim_multiplier and vocab_size are read; window 512,
+    RoPE θ 10000 and the other fields are fixed. Fields it ignores but that say otherwise are
+    reported in the config's ``ignored_source_fields`` (and by import-reference)."""
     _need(int(e.get("vocab_size", VOCAB_SIZE)) in (VOCAB_SIZE, -1), "entropy vocab must be 260")
-    return config.validate(config.transformer_config(
-        dim=e["dim"], n_layers=e["n_layers"], n_heads=e["n_heads"], n_kv_heads=e.get("n_kv_heads"),
-        window=e.get("sliding_window") or 512, rope_theta=float(e.get("rope_theta", 10000.0)),
-        norm_eps=float(e.get("norm_eps", 1e-5)), multiple_of=int(e.get("multiple_of", 256)),
+    cfg = config.validate(config.transformer_config(
+        dim=e["dim"], n_layers=e["n_layers"], n_heads=e["n_heads"], n_kv_heads=None,
+        window=512, rope_theta=10000.0, norm_eps=1e-5, multiple_of=256,
         ffn_dim_multiplier=float(e.get("ffn_dim_multiplier") or 1.0)))
+    return cfg
+
+
+def ignored_entropy_fields(e: Mapping[str, Any]) -> dict[str, Any]:
+    """params.json entropy fields the reference loader ignores whose values differ from what
+    it builds (what an import should tell the user)."""
+    return {k: e[k] for k, fixed in _REF_ENTROPY_FIXED.items()
+            if e.get(k) is not None and e[k] != fixed}
 
 
 def _theta(c: Mapping[str, Any], default: float) -> float:
@@ -190,6 +204,7 @@ def configs_from_hf(c: Mapping[str, Any]) -> tuple[ml_collections.ConfigDict,
     patching = patching_from_reference(dict(
         patching_mode=c.get("patching_mode", "entropy"), threshold=c.get("patching_threshold",
                                                                           1.335442066192627),
+        monotonicity=c.get("monotonicity", False), threshold_add=c.get("patching_threshold_add"),
         max_patch_length=c.get("max_patch_length"), patch_size=c.get("patch_size", 4.5)))
     subs = dict(zip(_STACKS, (enc, glob, dec)))
     blt_cfg = config.validate(config.blt_config(
@@ -332,7 +347,12 @@ def import_reference(blt_src: str, out: str, entropy_src: str | None = None) -> 
             if ent_naming != "reference":
                 raise UserError("entropy: give the reference entropy folder (params.json + "
                                  "consolidated.pth) with a reference BLT folder")
-            ent_cfg = entropy_config_from_reference(ent_json.get("entropy_model", ent_json))
+            ent_args = ent_json.get("entropy_model", ent_json)
+            ent_cfg = entropy_config_from_reference(ent_args)
+            ignored = ignored_entropy_fields(ent_args)
+            if ignored:
+                print(f"import-reference: the reference loader ignores entropy params.json "
+                      f"fields {ignored}; built as it does (window 512, RoPE θ 10000)")
     else:
         model_cfg, ent_cfg = configs_from_hf(cfg_json)
         ent_sd, ent_naming, ent_prefix = sd, "hf", "model.patcher."

@@ -218,3 +218,31 @@ def test_cli_import_reference(tmp_path):
                      "--out", str(out)]) == 0
     assert (out / "config.json").exists() and (out / "entropy_model" / "config.json").exists()
     assert cli.main(["import-reference", "--blt", str(REF), "--out", str(tmp_path / "x")]) == 2
+
+
+def hf_config(**top):
+    sub = lambda d, h, extra=None: dict(  # noqa: E731
+        dict(hidden_size=d, num_attention_heads=h, num_hidden_layers=1, intermediate_size=96),
+        **(extra or {}))
+    return dict(dict(encoder_config=sub(32, 4), decoder_config=sub(32, 4),
+                     global_config=sub(48, 4, dict(intermediate_size=128)),
+                     encoder_hash_byte_group_size=[3], encoder_hash_byte_group_vocab=97), **top)
+
+
+def test_hf_patching_fields_are_not_dropped():
+    assert ri.configs_from_hf(hf_config())[0].patching.mode == "global"
+    mono = ri.configs_from_hf(hf_config(monotonicity=True, patching_threshold=0.3))[0].patching
+    assert (mono.mode, mono.threshold) == ("monotonic", 0.3)
+    comb = ri.configs_from_hf(hf_config(patching_threshold_add=0.25))[0].patching
+    assert (comb.mode, comb.threshold_add) == ("combined", 0.25)
+
+
+def test_entropy_params_follow_the_reference_loader():
+    e = dict(dim=32, n_layers=2, n_heads=2, ffn_dim_multiplier=1.0, vocab_size=260,
+             sliding_window=64, rope_theta=500000.0, norm_eps=1e-6)
+    cfg = ri.entropy_config_from_reference(e)
+    assert (cfg.window, cfg.rope_theta, cfg.norm_eps) == (512, 10000.0, 1e-5)  # as the loader
+    assert ri.ignored_entropy_fields(e) == {"sliding_window": 64, "rope_theta": 500000.0,
+                                            "norm_eps": 1e-6}  # and reported
+    assert ri.ignored_entropy_fields(dict(e, sliding_window=512, rope_theta=10000.0,
+                                          norm_eps=1e-5)) == {}
