@@ -99,13 +99,16 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entropy", default=None, help="the reference entropy-model folder "
                    "(Hugging Face folders bundle it)")
     p.add_argument("--out", required=True, help="new workdir to write (must not exist or be empty)")
+    p.add_argument("--entropy-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="entropy model compute dtype (bfloat16: as the reference runs it)")
 
 
 @command("import-reference", "convert released BLT weights into a blt-jax workdir", _import_args)
 def _import_reference(args: argparse.Namespace, extra: list[str]) -> str:
     from blt_jax.tools import reference_import
 
-    out = reference_import.import_reference(args.blt, args.out, args.entropy)
+    out = reference_import.import_reference(args.blt, args.out, args.entropy,
+                                             args.entropy_dtype)
     return f"wrote {out} (open it with blt_jax.load({out!r}))"
 
 

@@ -332,8 +332,16 @@ def _write_workdir(out: pathlib.Path, kind: str, model_cfg: ml_collections.Confi
     checkpoint.save_params_only(out, params, step=0, meta={"imported_from": source})
 
 
-def import_reference(blt_src: str, out: str, entropy_src: str | None = None) -> str:
-    """Converts released weights into a workdir at `out` (refuses to overwrite one)."""
+def import_reference(blt_src: str, out: str, entropy_src: str | None = None,
+                     entropy_dtype: str = "float32") -> str:
+    """Converts released weights into a workdir at `out` (refuses to overwrite one).
+
+    entropy_dtype: the entropy model's compute dtype. float32 (default) gives the exact
+    entropies of the weights; bfloat16 is what the reference runs (its loader sets the torch
+    default dtype to bf16), so patch boundaries near θ match the reference more often.
+    """
+    if entropy_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"entropy_dtype: float32 or bfloat16, got {entropy_dtype!r}")
     out_p = pathlib.Path(out)
     if out_p.exists() and any(out_p.iterdir()):
         raise UserError(f"out: {out} exists and is not empty; choose a new directory")
@@ -367,6 +375,7 @@ def import_reference(blt_src: str, out: str, entropy_src: str | None = None) -> 
     ent_params = transformer_params_from_state_dict(ent_sd, ent_cfg, ent_naming, ent_prefix) \
         if ent_cfg is not None else None
     if ent_params is not None:
+        ent_cfg.dtype = entropy_dtype
         _write_workdir(out_p / "entropy_model", "entropy", ent_cfg, ent_params,
                        str(entropy_src or blt_src))
     _write_workdir(out_p, "blt", model_cfg, params, str(blt_src),

@@ -246,3 +246,16 @@ def test_entropy_params_follow_the_reference_loader():
                                             "norm_eps": 1e-6}  # and reported
     assert ri.ignored_entropy_fields(dict(e, sliding_window=512, rope_theta=10000.0,
                                           norm_eps=1e-5)) == {}
+
+
+def test_entropy_model_in_bf16_as_the_reference_runs_it(tmp_path, imported):
+    out = ri.import_reference(str(REF), str(tmp_path / "bf16"), str(REF_ENT),
+                              entropy_dtype="bfloat16")
+    m = blt_jax.load(out)
+    assert m.entropy_model.model_config.dtype == "bfloat16"
+    assert imported.entropy_model.model_config.dtype == "float32"  # the default stays exact
+    ids, _ = sample_rows()
+    h16, h32 = m.entropies(ids), imported.entropies(ids)
+    assert 0 < np.abs(h16 - h32).max() < 0.1  # bf16 rounding: close, not identical
+    with pytest.raises(ValueError, match="entropy_dtype"):
+        ri.import_reference(str(REF), str(tmp_path / "x"), str(REF_ENT), entropy_dtype="fp8")
