@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from blt_jax import config
+from blt_jax import config, paths
 from blt_jax.model import kinds
 from blt_jax.model.blt import check_inputs
 from blt_jax.model.transformer import entropies
@@ -45,7 +45,7 @@ def abstract_model(model_cfg: ml_collections.ConfigDict, seed: int = 0
 
 def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     """The run config stored in a blt-jax workdir."""
-    path = pathlib.Path(workdir) / "config.json"
+    path = paths.path(workdir) / "config.json"
     if not path.is_file():
         raise ValueError(f"workdir: {workdir} has no config.json (not a blt-jax workdir)")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
