@@ -126,9 +126,10 @@ class TokenGenerator:
 
     def step(self, s: TokenState, x_B: jax.Array) -> tuple[TokenState, jax.Array]:
         ids = jax.vmap(lambda row, i, x: row.at[i].set(x))(s.ids, s.length, x_B)
-        logits, caches = kv_cache.transformer_step(self.m, x_B, s.length, jnp.zeros_like(x_B),
+        pos = s.length[:, None]
+        logits, caches = kv_cache.transformer_step(self.m, x_B[:, None], pos, jnp.zeros_like(pos),
                                                    s.caches)
-        return s._replace(ids=ids, length=s.length + 1, logits=logits, caches=caches), \
+        return s._replace(ids=ids, length=s.length + 1, logits=logits[:, 0], caches=caches), \
             jnp.zeros((), jnp.int32)
 
 

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 from blt_jax.model import attention
 from blt_jax.inference import kv_cache
 from blt_jax.text import patching
-from blt_jax.model.local_encoder import hash_bucket_ids
 from blt_jax.text.tokenizer import EOS_ID
 from blt_jax.model.transformer import entropy_from_logits
 
@@ -36,6 +35,7 @@ class BltState(NamedTuple):
     h_last: jax.Array  # (B,) entropy at position length - 1
     next_start: jax.Array  # (B,) position `length` opens a patch
     next_orig: jax.Array  # (B,) ... by the rule itself (not a max_patch_length split)
+    deferred: jax.Array  # (B,) the open patch closes before byte `length` (patching.defers_close)
     patch_start: jax.Array  # (B,) first position of the open patch
     orig_start: jax.Array  # (B,) last position the rule (not a split) started a patch at
     pool: jax.Array  # (B, d_E) running max of the pooled layer over the open patch
@@ -44,16 +44,23 @@ class BltState(NamedTuple):
     n_closed: jax.Array  # (B,) closed patches == latent steps taken == open patch index
     ent: list  # entropy-model caches
     enc: list  # encoder self-attention caches
-    cross_k: list  # per encoder cross layer: (B, T, H, D) keys of every byte
+    cross_k: list  # per encoder cross layer: (B, H, T, D) keys of every byte
     cross_v: list
     lat: list  # latent caches, one slot per patch
-    dec_k: list  # per decoder cross layer: (B, k, H, D) of the last closed patch
+    dec_k: list  # per decoder cross layer: (B, H, k, D) of the last closed patch
     dec_v: list
     dec: list  # decoder self-attention caches
+    hx_last: jax.Array  # (B, 1, d_E) encoder output at length - 1 (a late close re-decodes it)
 
 
 def _take(x_BxN: jax.Array, i_B: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x_BxN, i_B.reshape((-1, 1) + (1,) * (x_BxN.ndim - 2)), axis=1)[:, 0]
+
+
+def _keep(rows_B: jax.Array, new: Any, old: Any) -> Any:
+    """`new` in the rows marked, `old` elsewhere (a pytree of (B, ...) arrays)."""
+    return jax.tree.map(
+        lambda a, o: jnp.where(rows_B.reshape((-1,) + (1,) * (a.ndim - 1)), a, o), new, old)
 
 
 class BltGenerator:
@@ -68,6 +75,7 @@ class BltGenerator:
         if rule.needs_entropies and entropy_model is None:
             raise ValueError(f"entropy_model: patching mode {rule.mode!r} needs one")
         self.pad = self.lookback(cfg)
+        self.defers = patching.defers_close(rule)
 
     @staticmethod
     def lookback(cfg: Any) -> int:
@@ -86,7 +94,8 @@ class BltGenerator:
             e_logits, ent_caches = kv_cache.transformer_prefill(
                 self.e, prompt_BxN, n_B, min(self.e.cfg.window, total))
             h_BxN = entropy_from_logits(e_logits)
-        buf = patching.patch_buffer(p_max=n + 1, ids=prompt_BxN, entropies=h_BxN, rule=rule)
+        buf = patching.patch_buffer(p_max=n + 1, ids=prompt_BxN, entropies=h_BxN, rule=rule,
+                                    row_lengths=n_B)
         sink: dict = {}
         logits = m(prompt_BxN, buf.lengths, sink=sink)
         seg = attention.segments_from_eos(prompt_BxN, EOS_ID)
@@ -101,10 +110,19 @@ class BltGenerator:
         next_start = _take(starts, p_virtual) == n_B  # position n_b opens a new patch
         patch_start = jnp.where(next_start, n_B, _take(starts, p_virtual))
         orig = patching.start_mask(jnp, rule.replace(max_patch_length=None), length=n,
-                                   include_next=True, ids=prompt_BxN, entropies=h_BxN, batch=b)
+                                   include_next=True, ids=prompt_BxN, entropies=h_BxN, batch=b,
+                                   row_lengths=n_B)
         pos_T = jnp.arange(n + 1)[None, :]
         orig_start = jnp.max(jnp.where(orig & (pos_T < n_B[:, None]), pos_T, 0), axis=-1)
         next_orig = _take(orig, n_B)
+        deferred = jnp.zeros(b, bool)
+        if self.defers:  # once byte n_b arrives, the rule reads position n_b as real
+            real = patching.rule_starts(rule, jnp, n_B, h1=_take(h_BxN, last),
+                                        h2=_take(h_BxN, jnp.maximum(last - 1, 0)),
+                                        x1=_take(prompt_BxN, last),
+                                        x2=_take(prompt_BxN, jnp.maximum(last - 1, 0)))
+            deferred = real & ~next_start
+            next_start, next_orig = next_start | real, next_orig | real
         in_open = (jnp.arange(n)[None, :] >= patch_start[:, None]) & \
             (jnp.arange(n)[None, :] < n_B[:, None])
         pool = jnp.max(jnp.where(in_open[..., None], sink["encoder"]["cross_h"][0], _NEG), axis=1)
@@ -114,9 +132,9 @@ class BltGenerator:
         cross_k, cross_v = [], []
         for layer, h in zip(m.local_encoder.cross_attn_layers, sink["encoder"]["cross_h"]):
             kk, vv = layer.keys_values(h)
-            pad = ((0, 0), (0, total - n), (0, 0), (0, 0))
-            cross_k.append(jnp.pad(kk, pad))
-            cross_v.append(jnp.pad(vv, pad))
+            pad = ((0, 0), (0, 0), (0, total - n), (0, 0))
+            cross_k.append(jnp.pad(kk.transpose(0, 2, 1, 3), pad))  # heads-major (B, H, T, D)
+            cross_v.append(jnp.pad(vv.transpose(0, 2, 1, 3), pad))
 
         # latent caches: closed patches only (j < p(n_b)); one slot per possible patch
         p = buf.lengths.shape[1]
@@ -131,16 +149,16 @@ class BltGenerator:
         return BltState(
             ids=ids, length=n_B, n_new=jnp.zeros_like(n_B), done=jnp.zeros(b, bool),
             logits=_take(logits, last), seg=_take(seg, last) + (_take(prompt_BxN, last) == EOS_ID),
-            h_last=_take(h_BxN, last), next_start=next_start, next_orig=next_orig,
+            h_last=_take(h_BxN, last), next_start=next_start, next_orig=next_orig, deferred=deferred,
             patch_start=patch_start, orig_start=orig_start, pool=pool, open_eos=open_eos,
             patch_seg=_take(pseg, jnp.minimum(p_virtual, p - 1)), n_closed=p_virtual,
             ent=ent_caches, enc=enc, cross_k=cross_k, cross_v=cross_v, lat=lat, dec_k=dec_k,
-            dec_v=dec_v, dec=dec)
+            dec_v=dec_v, dec=dec, hx_last=_take(sink["h"], last)[:, None])
 
     def _decoder_patch_kv(self, g_BxG: jax.Array) -> tuple[list, list]:
         z = self.m.local_decoder.patch_rows(g_BxG[:, None])[:, 0]  # (B, k, d_D)
         kv = [layer.keys_values(z) for layer in self.m.local_decoder.cross_attn_layers]
-        return [k for k, _ in kv], [v for _, v in kv]
+        return [k.transpose(0, 2, 1, 3) for k, _ in kv], [v.transpose(0, 2, 1, 3) for _, v in kv]
 
     # -- one byte -----------------------------------------------------------------------------
 
@@ -149,6 +167,10 @@ class BltGenerator:
         closed (a latent step was taken) for each row."""
         m, cfg, rule = self.m, self.cfg, self.rule
         t = s.length
+        late = s.deferred & ~s.done  # patches the previous byte closed once this one is real
+        if self.defers:
+            s = jax.lax.cond(jnp.any(late), lambda st: self._close_late(st, late, t - 1),
+                             lambda st: st, s)
         ids = jax.vmap(lambda row, i, x: row.at[self.pad + i].set(x))(s.ids, t, x_B)
         x_prev = _take(ids, t + self.pad - 1)
         # 1. the byte opens the patch decided last step
@@ -160,90 +182,84 @@ class BltGenerator:
         # 2. entropy model
         h = jnp.zeros_like(s.h_last)
         ent = s.ent
+        t1, seg1 = t[:, None], seg[:, None]
         if self.e is not None:
-            e_logits, ent = kv_cache.transformer_step(self.e, x_B, t, seg, s.ent)
-            h = entropy_from_logits(e_logits)
-        # 3. local encoder: byte + hash embeddings of the last n-gram windows
+            e_logits, ent = kv_cache.transformer_step(self.e, x_B[:, None], t1, seg1, s.ent)
+            h = entropy_from_logits(e_logits[:, 0])
+        # 3. local encoder: byte + hash embeddings of the n-grams ending at t (the look-back
+        # window of ids), then the model's own blocks over its caches
         window = jax.vmap(lambda row, i: jax.lax.dynamic_slice(row, (i + 1,), (self.pad,)))(ids, t)
         enc_m = m.local_encoder
-        e = enc_m.tok_embeddings(x_B[:, None])[:, 0]
-        if enc_m.hash_embeddings is not None:
-            buckets = hash_bucket_ids(cfg, window)[:, -1]  # (B, T): the n-grams ending at t
-            e = e + enc_m.hash_embeddings(buckets).sum(axis=1)
-        hx = e
-        enc, cross_k, cross_v = [], list(s.cross_k), list(s.cross_v)
-        n_layers = len(enc_m.layers)
-        c = 0
-        for i, (block, cache) in enumerate(zip(enc_m.layers, s.enc)):
-            hx, cache = kv_cache.block_step(block, hx, t, seg, cache, self.window, ring=True)
-            enc.append(cache)
-            if i == n_layers - 1 or cfg.cross_attn_all_layers_encoder:
-                layer = enc_m.cross_attn_layers[c]
-                kk, vv = layer.keys_values(hx[:, None])
-                put = jax.vmap(lambda buf, i, x: buf.at[i].set(x))
-                cross_k[c] = put(cross_k[c], t, kk[:, 0])
-                cross_v[c] = put(cross_v[c], t, vv[:, 0])
-                if c == 0:
-                    pool = jnp.maximum(pool, hx)
-                c += 1
+        e = enc_m.embed(window)[:, -1:]
+        enc_att = kv_cache.strategies(s.enc, t1, seg1, self.window, ring=True)
+        hx, taps = enc_m.byte_states(e, t1, enc_att)
+        enc = kv_cache.extended(enc_att)
+        cross_k, cross_v = list(s.cross_k), list(s.cross_v)
+        put = jax.vmap(lambda buf, i, x: jax.lax.dynamic_update_slice_in_dim(buf, x, i, axis=1))
+        for c, (layer, tap) in enumerate(zip(enc_m.cross_attn_layers, taps)):
+            kk, vv = layer.keys_values(tap)  # (B, 1, H, D)
+            cross_k[c] = put(cross_k[c], t, kk.transpose(0, 2, 1, 3))
+            cross_v[c] = put(cross_v[c], t, vv.transpose(0, 2, 1, 3))
+        pool = jnp.maximum(pool, taps[0][:, 0])
         # 4. does t + 1 open a patch? then the open patch [patch_start, t] closes now
         q = t + 1
-        orig = patching.rule_starts(rule, jnp, q, h1=h, h2=s.h_last, x1=x_B, x2=x_prev)
+        reads = dict(h1=h, h2=s.h_last, x1=x_B, x2=x_prev)
+        orig_v = patching.rule_starts(rule, jnp, q, virtual=True, **reads)  # q as the next byte
+        orig = patching.rule_starts(rule, jnp, q, **reads)  # q once byte q has arrived
+        starts_v = patching.split_long(rule, orig_v, q - jnp.where(orig_v, q, orig_start))
         starts = patching.split_long(rule, orig, q - jnp.where(orig, q, orig_start))
-        close = starts & ~s.done
+        close = starts_v & ~s.done
         state = s._replace(ids=ids, patch_start=patch_start, orig_start=orig_start, pool=pool,
                            open_eos=open_eos, ent=ent, enc=enc, cross_k=cross_k,
                            cross_v=cross_v)
         state = jax.lax.cond(jnp.any(close), lambda st: self._close(st, close, t),
                              lambda st: st, state)
         # 5. local decoder at t with the last closed patch's rows
-        dm = m.local_decoder
-        hd = hx
-        dec = []
-        for i, (block, cache) in enumerate(zip(dm.layers, s.dec)):
-            if i == 0 or cfg.cross_attn_all_layers_decoder:
-                j = i if cfg.cross_attn_all_layers_decoder else 0
-                layer = dm.cross_attn_layers[j]
-                qd = layer.queries(hd[:, None])[:, 0]  # (B, H, D)
-                sc = jnp.einsum("bhd,bkhd->bhk", qd, state.dec_k[j],
-                                preferred_element_type=jnp.float32) / jnp.sqrt(qd.shape[-1])
-                o = jnp.einsum("bhk,bkhd->bhd", jax.nn.softmax(sc, -1).astype(qd.dtype),
-                               state.dec_v[j])
-                hd = hd + layer.finish(hd[:, None], o[:, None])[:, 0]  # double residual
-            hd, cache = kv_cache.block_step(block, hd, t, seg, cache, self.window, ring=True)
-            dec.append(cache)
-        logits = dm.logits(hd[:, None])[:, 0]
+        logits, dec = self._decode(state, hx, t, seg)
         state = state._replace(
             length=t + 1, logits=logits, seg=seg + (x_B == EOS_ID), h_last=h,
-            next_start=starts, next_orig=orig, dec=dec)
-        return state, close
+            next_start=starts, next_orig=orig, deferred=starts & ~starts_v, dec=dec, hx_last=hx)
+        return state, close | late
+
+    def _decode(self, s: BltState, hx_Bx1xD: jax.Array, t_B: jax.Array, seg_B: jax.Array
+                ) -> tuple[jax.Array, list]:
+        """The local decoder at position t with the last closed patch's rows -> (logits, caches)."""
+        att = kv_cache.strategies(s.dec, t_B[:, None], seg_B[:, None], self.window, ring=True)
+        logits = self.m.local_decoder.run(hx_Bx1xD, t_B[:, None], att, lambda j, layer, hd:
+                                          layer.apply(hd, lambda q: attention.heads_major_attention(
+                                              q, s.dec_k[j], s.dec_v[j],
+                                              jnp.ones(q.shape[:2] + (self.k,), bool))))[:, 0]
+        return logits, kv_cache.extended(att)
+
+    def _close_late(self, s: BltState, late_B: jax.Array, t_B: jax.Array) -> BltState:
+        """A patch that closed at t once byte t + 1 arrived: the full forward now gives the
+        decoder at t that patch's rows, so its cache entry at t is recomputed with them."""
+        s = self._close(s, late_B, t_B)
+        x_t = _take(s.ids, t_B + self.pad)
+        _, dec = self._decode(s, s.hx_last, t_B, s.seg - (x_t == EOS_ID))
+        return s._replace(dec=_keep(late_B, dec, s.dec))
 
     def _close(self, s: BltState, close_B: jax.Array, t_B: jax.Array) -> BltState:
         """Pool + cross-attend the open patch's bytes, one latent step, decoder patch rows."""
         m, cfg = self.m, self.cfg
         enc_m = m.local_encoder
         b, d = s.pool.shape
-        qv = enc_m.patch_embedding_projection(s.pool[:, None])[:, 0].reshape(b, self.k, d)
+        qv = enc_m.pool_queries(s.pool[:, None])  # (B, k, d_E)
         pos = jnp.arange(self.total)[None, :]
         in_patch = (pos >= s.patch_start[:, None]) & (pos <= t_B[:, None])
+        mask = jnp.broadcast_to(in_patch[:, None], (b, self.k, self.total))
         for c, layer in enumerate(enc_m.cross_attn_layers):
-            o = attention.dense_attention(layer.queries(qv), s.cross_k[c], s.cross_v[c],
-                                          jnp.broadcast_to(in_patch[:, None], (b, self.k,
-                                                                               self.total)))
-            qv = qv + layer.finish(qv, o)  # double residual
-        j = s.n_closed
-        x = m.global_transformer.project(qv.reshape(b, 1, self.k * d))[:, 0]
-        lat = []
-        for block, cache in zip(m.global_transformer.layers, s.lat):
-            # rows not closing leave slot j empty (it is their open patch, filled when it closes)
-            x, cache = kv_cache.block_step(block, x, j, s.patch_seg, cache, None, ring=False,
-                                           valid_B=close_B)
-            lat.append(cache)
+            qv = layer.apply(qv, lambda q: attention.heads_major_attention(
+                q, s.cross_k[c], s.cross_v[c], mask))
+        j = s.n_closed[:, None]
+        # rows not closing leave slot j empty (it is their open patch, filled when it closes)
+        lat_att = kv_cache.strategies(s.lat, j, s.patch_seg[:, None], None, ring=False,
+                                      valid_BxL=close_B[:, None])
+        x = m.global_transformer(qv.reshape(b, 1, self.k * d), pos_BxP=j, attends=lat_att)[:, 0]
+        lat = kv_cache.extended(lat_att)
         dec_k, dec_v = self._decoder_patch_kv(x)
-        keep = lambda new, old: jax.tree.map(  # noqa: E731
-            lambda a, o: jnp.where(close_B.reshape((-1,) + (1,) * (a.ndim - 1)), a, o), new, old)
         return s._replace(
-            lat=lat, dec_k=keep(dec_k, s.dec_k), dec_v=keep(dec_v, s.dec_v),
+            lat=lat, dec_k=_keep(close_B, dec_k, s.dec_k), dec_v=_keep(close_B, dec_v, s.dec_v),
             n_closed=s.n_closed + close_B,
             patch_seg=s.patch_seg + (close_B & s.open_eos & (cfg.global_attention == "block_causal")),
             open_eos=jnp.where(close_B, False, s.open_eos))

@@ -1,15 +1,19 @@
-"""Key/value caches for one-token steps, filled from a batched prefill.
+"""Key/value caches for decoding steps, filled from a batched prefill.
 
-A cache holds, per row, `size` slots of (k, v) with the absolute position and the attention
-segment of the entry. Windowed stacks (entropy model, local encoder/decoder) use a ring of
-`size = window` slots (slot = position % window); the latent model and the token baseline use
-one slot per position/patch. A query at position t sees entry e iff 0 <= t - pos(e) < window
-and seg(e) == seg(t): exactly the masks of the full forward.
+A cache holds, per row, `size` slots of (k, v) stored heads-major — the layout a step reads, so
+no step re-lays out a cache — with the absolute position and the attention segment of each
+entry. Windowed stacks (entropy model, local encoder/decoder) use a ring of `size >= window`
+slots (slot = position % size); the latent model and the token baseline use one slot per
+position/patch. A query at position t sees entry e iff 0 <= t - pos(e) < window and
+seg(e) == seg(t): exactly the masks of the full forward.
+
+:class:`Cached` is an `Attend` strategy over one cache: the model's own blocks run unchanged
+(``block(x, pos, attend)``), only where keys come from differs between training and decoding.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,15 +22,15 @@ from blt_jax.model import attention
 
 
 class Cache(NamedTuple):
-    k: jax.Array  # (B, S, G, D)
-    v: jax.Array  # (B, S, G, D)
+    k: jax.Array  # (B, G, S, D)
+    v: jax.Array  # (B, G, S, D)
     pos: jax.Array  # (B, S) position of each entry, -1 when empty
     seg: jax.Array  # (B, S) attention segment of each entry
 
 
 def from_prefill(k_BxNxGxD: jax.Array, v_BxNxGxD: jax.Array, seg_BxN: jax.Array, n_B: jax.Array,
                  size: int, ring: bool) -> Cache:
-    """Cache holding what one-token steps over positions 0..n-1 would have left in it."""
+    """Cache holding what decoding steps over positions 0..n-1 would have left in it."""
     b, n = seg_BxN.shape
     slots = jnp.arange(size)
     if ring:  # slot s holds the latest position p < n with p % size == s
@@ -38,50 +42,67 @@ def from_prefill(k_BxNxGxD: jax.Array, v_BxNxGxD: jax.Array, seg_BxN: jax.Array,
     idx = jnp.clip(p, 0, n - 1)
     take = lambda x: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa
     zero = lambda x: jnp.where(valid.reshape(valid.shape + (1,) * (x.ndim - 2)), x, 0)  # noqa
-    return Cache(zero(take(k_BxNxGxD)), zero(take(v_BxNxGxD)), jnp.where(valid, p, -1),
+    heads_major = lambda x: zero(take(x)).transpose(0, 2, 1, 3)  # noqa: E731
+    return Cache(heads_major(k_BxNxGxD), heads_major(v_BxNxGxD), jnp.where(valid, p, -1),
                  jnp.where(valid, take(seg_BxN), -1))
 
 
-def empty(b: int, size: int, g: int, d: int, dtype: Any) -> Cache:
-    z = jnp.zeros((b, size, g, d), dtype)
-    return Cache(z, z, jnp.full((b, size), -1, jnp.int32), jnp.full((b, size), -1, jnp.int32))
-
-
-def write(cache: Cache, k_BxGxD: jax.Array, v_BxGxD: jax.Array, pos_B: jax.Array,
-          seg_B: jax.Array, ring: bool, valid_B: jax.Array | None = None) -> Cache:
-    """Stores this position's entry; rows with valid False leave an empty (-1) slot instead."""
+def write(cache: Cache, k_BxLxGxD: jax.Array, v_BxLxGxD: jax.Array, pos_BxL: jax.Array,
+          seg_BxL: jax.Array, ring: bool, valid_BxL: jax.Array | None = None) -> Cache:
+    """Stores L consecutive positions' entries; rows/positions with valid False leave an empty
+    (-1) slot instead (the latent step of a row whose patch is still open)."""
     size = cache.pos.shape[1]
-    slot = pos_B % size if ring else pos_B
-    put = jax.vmap(lambda c, s, x: c.at[s].set(x))
-    pos = pos_B if valid_B is None else jnp.where(valid_B, pos_B, -1)
-    return Cache(put(cache.k, slot, k_BxGxD.astype(cache.k.dtype)),
-                 put(cache.v, slot, v_BxGxD.astype(cache.v.dtype)),
-                 put(cache.pos, slot, pos), put(cache.seg, slot, seg_B))
+    slot_BxL = pos_BxL % size if ring else pos_BxL
+    pos = pos_BxL if valid_BxL is None else jnp.where(valid_BxL, pos_BxL, -1)
+    kv = lambda x: x.astype(cache.k.dtype).transpose(0, 2, 1, 3)  # noqa: E731  (B, G, L, D)
+    one = pos_BxL.shape[1] == 1  # one in-place dynamic-update-slice per row, else a scatter
+
+    def row(c: jax.Array, s_L: jax.Array, x: jax.Array) -> jax.Array:
+        axis = c.ndim - 2 if c.ndim > 1 else 0  # the slot axis: (G, S, D) or (S,)
+        if one:
+            return jax.lax.dynamic_update_slice_in_dim(c, x, s_L[0], axis=axis)
+        return c.at[(slice(None),) * axis + (s_L,)].set(x)  # a ring may wrap inside L
+
+    put = jax.vmap(row)
+    return Cache(put(cache.k, slot_BxL, kv(k_BxLxGxD)), put(cache.v, slot_BxL, kv(v_BxLxGxD)),
+                 put(cache.pos, slot_BxL, pos), put(cache.seg, slot_BxL, seg_BxL))
 
 
-def attend(q_BxHxD: jax.Array, cache: Cache, pos_B: jax.Array, seg_B: jax.Array,
-           window: int | None) -> jax.Array:
-    """One query per row against the cache (after writing this position's entry)."""
-    delta = pos_B[:, None] - cache.pos
-    mask = (cache.pos >= 0) & (delta >= 0) & (cache.seg == seg_B[:, None])
-    if window is not None:
-        mask = mask & (delta < window)
-    out = attention.dense_attention(q_BxHxD[:, None], cache.k, cache.v, mask[:, None])
-    return out[:, 0]
+def visible(cache: Cache, pos_BxL: jax.Array, seg_BxL: jax.Array, window: int | None
+            ) -> jax.Array:
+    """(B, L, S): which cache entries each query position may see."""
+    delta = pos_BxL[:, :, None] - cache.pos[:, None, :]
+    mask = (cache.pos >= 0)[:, None] & (delta >= 0) & (cache.seg[:, None] == seg_BxL[:, :, None])
+    return mask & (delta < window) if window is not None else mask
 
 
-def block_step(block: Any, x_BxD: jax.Array, pos_B: jax.Array, seg_B: jax.Array, cache: Cache,
-               window: int | None, ring: bool, valid_B: jax.Array | None = None
-               ) -> tuple[jax.Array, Cache]:
-    """TransformerBlock on one token per row, reading and extending its cache (rows with
-    valid False compute a throw-away output and leave their cache slot empty)."""
-    h = block.attention_norm(x_BxD[:, None])
-    q, k, v = block.attention.qkv(h, pos_B[:, None])
-    cache = write(cache, k[:, 0], v[:, 0], pos_B, seg_B, ring, valid_B)
-    o = attend(q[:, 0], cache, pos_B, seg_B, window)
-    x = x_BxD[:, None] + block.attention.out(o[:, None])
-    x = x + block.feed_forward(block.ffn_norm(x))
-    return x[:, 0], cache
+class Cached:
+    """Attend strategy for L new positions: writes their (k, v), attends over the cache.
+
+    After the call, `.cache` is the extended cache (the strategy is used once per step).
+    """
+
+    def __init__(self, cache: Cache, pos_BxL: jax.Array, seg_BxL: jax.Array,
+                 window: int | None, ring: bool, valid_BxL: jax.Array | None = None):
+        self.cache, self.pos, self.seg, self.window = cache, pos_BxL, seg_BxL, window
+        self.ring, self.valid = ring, valid_BxL
+
+    def __call__(self, q_BxLxHxD: jax.Array, k_BxLxGxD: jax.Array, v_BxLxGxD: jax.Array
+                 ) -> jax.Array:
+        self.cache = write(self.cache, k_BxLxGxD, v_BxLxGxD, self.pos, self.seg, self.ring,
+                           self.valid)
+        mask = visible(self.cache, self.pos, self.seg, self.window)
+        return attention.heads_major_attention(q_BxLxHxD, self.cache.k, self.cache.v, mask)
+
+
+def strategies(caches: Sequence[Cache], pos_BxL: jax.Array, seg_BxL: jax.Array,
+               window: int | None, ring: bool, valid_BxL: jax.Array | None = None
+               ) -> list[Cached]:
+    return [Cached(c, pos_BxL, seg_BxL, window, ring, valid_BxL) for c in caches]
+
+
+def extended(attends: Sequence[Cached]) -> list[Cache]:
+    return [a.cache for a in attends]
 
 
 def transformer_prefill(model: Any, ids_BxN: jax.Array, n_B: jax.Array, size: int
@@ -96,13 +117,9 @@ def transformer_prefill(model: Any, ids_BxN: jax.Array, n_B: jax.Array, size: in
     return logits, caches
 
 
-def transformer_step(model: Any, x_B: jax.Array, pos_B: jax.Array, seg_B: jax.Array,
+def transformer_step(model: Any, x_BxL: jax.Array, pos_BxL: jax.Array, seg_BxL: jax.Array,
                      caches: list[Cache]) -> tuple[jax.Array, list[Cache]]:
-    """One id per row at position pos -> fp32 logits (B, V) and the extended caches."""
+    """L ids per row at positions pos -> fp32 logits (B, L, V) and the extended caches."""
     window = model.cfg.window
-    h = model.tok_embeddings(x_B[:, None])[:, 0]
-    out = []
-    for block, cache in zip(model.layers, caches):
-        h, cache = block_step(block, h, pos_B, seg_B, cache, window, ring=window is not None)
-        out.append(cache)
-    return model.output(model.norm(h)).astype(jnp.float32), out
+    attends = strategies(caches, pos_BxL, seg_BxL, window, ring=window is not None)
+    return model(x_BxL, pos_BxL, attends=attends), extended(attends)

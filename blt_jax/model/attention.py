@@ -40,13 +40,23 @@ def dense_attention(q_BxQxHxD: jax.Array, k_BxKxGxD: jax.Array, v_BxKxGxD: jax.A
     b, nq, h, d = q_BxQxHxD.shape
     g = k_BxKxGxD.shape[2]
     # heads-major operands: the two dots are plain batched matmuls
-    q_BxGxRxQxD = q_BxQxHxD.reshape(b, nq, g, h // g, d).transpose(0, 2, 3, 1, 4)
     k_BxGxKxD = k_BxKxGxD.transpose(0, 2, 1, 3)
     v_BxGxKxD = v_BxKxGxD.transpose(0, 2, 1, 3)
-    if b * h * nq * k_BxKxGxD.shape[1] >= _MAP_SCORES:
-        out = _map_heads(q_BxGxRxQxD, k_BxGxKxD, v_BxGxKxD, mask_BxQxK)
-    else:
-        out = _attend(q_BxGxRxQxD, k_BxGxKxD, v_BxGxKxD, mask_BxQxK[:, None])
+    if b * h * nq * k_BxKxGxD.shape[1] < _MAP_SCORES:
+        return heads_major_attention(q_BxQxHxD, k_BxGxKxD, v_BxGxKxD, mask_BxQxK)
+    q_BxGxRxQxD = q_BxQxHxD.reshape(b, nq, g, h // g, d).transpose(0, 2, 3, 1, 4)
+    out = _map_heads(q_BxGxRxQxD, k_BxGxKxD, v_BxGxKxD, mask_BxQxK)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, nq, h, d)
+
+
+def heads_major_attention(q_BxQxHxD: jax.Array, k_BxGxKxD: jax.Array, v_BxGxKxD: jax.Array,
+                          mask_BxQxK: jax.Array) -> jax.Array:
+    """Attention over keys/values stored heads-major (what KV caches keep, so a decoding step
+    reads them in place instead of re-laying out the whole cache every token)."""
+    b, nq, h, d = q_BxQxHxD.shape
+    g = k_BxGxKxD.shape[1]
+    q_BxGxRxQxD = q_BxQxHxD.reshape(b, nq, g, h // g, d).transpose(0, 2, 3, 1, 4)
+    out = _attend(q_BxGxRxQxD, k_BxGxKxD, v_BxGxKxD, mask_BxQxK[:, None])
     return out.transpose(0, 3, 1, 2, 4).reshape(b, nq, h, d)
 
 

@@ -3,14 +3,16 @@ projection k·d_E -> d_G, causal or block-causal attention over patches, and no 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import ml_collections
 from flax import nnx
 
-from blt_jax.model.layers import Linear
+from blt_jax.model.layers import Attend, Linear
 from blt_jax.scale.sharding import constrain
-from blt_jax.model.transformer import (capturing, causal_attend, compute_dtype, make_blocks, positions,
-                                 run_block)
+from blt_jax.model.transformer import (capturing, causal_attend, compute_dtype, make_blocks,
+                                       positions, run_blocks)
 
 
 class LatentTransformer(nnx.Module):
@@ -28,12 +30,13 @@ class LatentTransformer(nnx.Module):
             self.token_embedding_projection(x_BxPxE)
 
     def __call__(self, x_BxPxE: jax.Array, patch_seg_BxP: jax.Array | None = None,
-                 sink: list | None = None) -> jax.Array:
-        """Patch vectors -> global outputs (B, P, d_G). `patch_seg` enables block-causal masks."""
+                 sink: list | None = None, pos_BxP: jax.Array | None = None,
+                 attends: Sequence[Attend] | None = None) -> jax.Array:
+        """Patch vectors -> global outputs (B, P, d_G). `patch_seg` enables block-causal masks;
+        `attends` (one per layer, e.g. decoding caches) replaces the masks over all P patches."""
         b, p, _ = x_BxPxE.shape
         h = constrain(self.project(x_BxPxE), ("batch", "patches", "act_embed"))
-        attend = capturing(causal_attend(self.cfg, b, p, patch_seg_BxP), sink)
-        pos = positions(b, p)
-        for block in self.layers:
-            h = run_block(block, self.cfg.remat, h, pos, attend)
-        return h
+        if attends is None:
+            attends = capturing(causal_attend(self.cfg, b, p, patch_seg_BxP), sink)
+        pos = positions(b, p) if pos_BxP is None else pos_BxP
+        return run_blocks(self.layers, self.cfg.remat, h, pos, attends)

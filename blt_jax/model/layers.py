@@ -195,8 +195,16 @@ class CrossAttention(nnx.Module):
         b, n = o_BxLxHxD.shape[:2]
         return x_BxLxD + self.wo(o_BxLxHxD.reshape(b, n, self.n_heads * self.head_dim))
 
+    def apply(self, x_BxLxD: jax.Array, attend_heads: Callable[[jax.Array], jax.Array]
+              ) -> jax.Array:
+        """x + CA(x), CA itself returning x + attn: the reference's double residual.
+
+        `attend_heads` maps the (B, L, H, D) queries to the attention output: which keys a query
+        sees and how they are stored is the caller's (training kernels or a decoding cache).
+        """
+        return x_BxLxD + self.finish(x_BxLxD, attend_heads(self.queries(x_BxLxD)))
+
     def dense(self, x_BxQxD: jax.Array, kv_BxSxD: jax.Array, mask_BxQxS: jax.Array) -> jax.Array:
-        """Oracle path with an explicit (B, Q, S) mask."""
+        """Oracle path with an explicit (B, Q, S) mask: x + CA(x)."""
         k, v = self.keys_values(kv_BxSxD)
-        return self.finish(x_BxQxD, attention.dense_attention(self.queries(x_BxQxD), k, v,
-                                                              mask_BxQxS))
+        return self.apply(x_BxQxD, lambda q: attention.dense_attention(q, k, v, mask_BxQxS))

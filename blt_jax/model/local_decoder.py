@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
 from blt_jax.model import attention
-from blt_jax.model.layers import CrossAttention, Linear, RMSNorm, depth_factor
+from blt_jax.model.layers import Attend, CrossAttention, Linear, RMSNorm, depth_factor
 from blt_jax.scale.sharding import constrain
 from blt_jax.text.tokenizer import VOCAB_SIZE
-from blt_jax.model.transformer import capturing, compute_dtype, local_attend, make_blocks, run_block
+from blt_jax.model.transformer import (capturing, compute_dtype, local_attend, make_blocks,
+                                       per_layer, run_block)
 
 
 class LocalDecoder(nnx.Module):
@@ -45,16 +48,29 @@ class LocalDecoder(nnx.Module):
         b, p, k, d = z_BxPxKxD.shape
         if self.cfg.attention_impl == "dense":
             mask = attention.decoder_cross_mask(decoder_patch_ids_BxN, p, k)
-            return h_BxNxD + layer.dense(h_BxNxD, z_BxPxKxD.reshape(b, p * k, d), mask)
+            return layer.dense(h_BxNxD, z_BxPxKxD.reshape(b, p * k, d), mask)
         keys, values = layer.keys_values(z_BxPxKxD.reshape(b, p * k, d))
         split = lambda t: t.reshape((b, p, k) + t.shape[2:])  # noqa: E731
-        o = attention.decoder_cross_attention(layer.queries(h_BxNxD), split(keys), split(values),
-                                              decoder_patch_ids_BxN)
-        return h_BxNxD + layer.finish(h_BxNxD, o)
+        return layer.apply(h_BxNxD, lambda q: attention.decoder_cross_attention(
+            q, split(keys), split(values), decoder_patch_ids_BxN))
 
     def logits(self, h_BxNxD: jax.Array) -> jax.Array:
         logits = self.output(self.norm(h_BxNxD)).astype(jnp.float32)
         return constrain(logits, ("batch", "length", "act_vocab"))
+
+    def run(self, h_BxNxD: jax.Array, pos_BxN: jax.Array, attend: Attend | Sequence[Attend],
+            cross: Callable[[int, CrossAttention, jax.Array], jax.Array]) -> jax.Array:
+        """The decoder's layer loop -> fp32 logits. `cross(j, layer, h)` is cross-attention
+        layer j (training reads every patch's rows, decoding the last closed patch's cache);
+        `attend` the self-attention strategy (one, or one per layer)."""
+        cfg = self.cfg
+        h = h_BxNxD
+        for i, (block, a) in enumerate(zip(self.layers, per_layer(attend, len(self.layers)))):
+            if i == 0 or cfg.cross_attn_all_layers_decoder:
+                j = i if cfg.cross_attn_all_layers_decoder else 0
+                h = cross(j, self.cross_attn_layers[j], h)
+            h = run_block(block, cfg.remat, h, pos_BxN, a)
+        return self.logits(h)
 
     def __call__(self, h_BxNxD: jax.Array, g_BxPxG: jax.Array, pos_BxN: jax.Array,
                  seg_BxN: jax.Array, decoder_patch_ids_BxN: jax.Array,
@@ -62,10 +78,5 @@ class LocalDecoder(nnx.Module):
         cfg = self.cfg
         z = self.patch_rows(g_BxPxG)
         attend = capturing(local_attend(cfg, seg_BxN, cfg.local_attention_window_len), sink)
-        h = h_BxNxD
-        for i, block in enumerate(self.layers):
-            if i == 0 or cfg.cross_attn_all_layers_decoder:
-                layer = self.cross_attn_layers[i if cfg.cross_attn_all_layers_decoder else 0]
-                h = self.cross_attend(layer, h, z, decoder_patch_ids_BxN)
-            h = run_block(block, cfg.remat, h, pos_BxN, attend)
-        return self.logits(h)
+        return self.run(h_BxNxD, pos_BxN, attend, lambda j, layer, h: self.cross_attend(
+            layer, h, z, decoder_patch_ids_BxN))

@@ -3,6 +3,8 @@ cross-attention in which k queries per patch (max-pool initialised) read that pa
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -10,11 +12,11 @@ from flax import nnx
 
 from blt_jax.model import attention
 from blt_jax.text import hashing
-from blt_jax.model.layers import CrossAttention, Embedding, Linear, depth_factor
+from blt_jax.model.layers import Attend, CrossAttention, Embedding, Linear, depth_factor
 from blt_jax.scale.sharding import constrain
 from blt_jax.text.tokenizer import VOCAB_SIZE
-from blt_jax.model.transformer import capturing, compute_dtype, local_attend, make_blocks, run_block
-
+from blt_jax.model.transformer import (capturing, compute_dtype, local_attend, make_blocks,
+                                       per_layer, run_block)
 
 
 def hash_bucket_ids(cfg: ml_collections.ConfigDict, ids_BxN: jax.Array) -> jax.Array:
@@ -61,26 +63,46 @@ class LocalEncoder(nnx.Module):
             e = e + self.hash_embeddings(hash_bucket_ids(self.cfg, ids_BxN)).sum(axis=2)
         return constrain(e, ("batch", "length", "act_embed"))
 
+    def pool_queries(self, pooled_BxPxD: jax.Array) -> jax.Array:
+        """Max-pooled patch states -> k queries per patch (B, P·k, d_E)."""
+        b, p, d = pooled_BxPxD.shape
+        return self.patch_embedding_projection(pooled_BxPxD).reshape(b, p * self.cfg.cross_attn_k, d)
+
     def init_queries(self, h_BxNxD: jax.Array, patch_ids_BxN: jax.Array, n_patches: int
                      ) -> jax.Array:
         """Max-pool each patch's bytes (empty patches -> 0), project to k queries per patch."""
-        b, _, d = h_BxNxD.shape
-        pooled = attention.segment_max_pool(h_BxNxD, patch_ids_BxN, n_patches)
-        return self.patch_embedding_projection(pooled).reshape(b, n_patches * self.cfg.cross_attn_k, d)
+        return self.pool_queries(attention.segment_max_pool(h_BxNxD, patch_ids_BxN, n_patches))
 
     def cross_attend(self, layer: CrossAttention, q_BxPkxD: jax.Array, h_BxNxD: jax.Array,
                      patch_ids_BxN: jax.Array) -> jax.Array:
-        """Returns q + CA(q, h) where CA itself returns q + attn: the reference's double residual."""
+        """q + CA(q, h), CA returning q + attn: the reference's double residual."""
         b, pk, d = q_BxPkxD.shape
         k = self.cfg.cross_attn_k
         if self.cfg.attention_impl == "dense":
             mask = attention.encoder_cross_mask(patch_ids_BxN, pk // k, k)
-            return q_BxPkxD + layer.dense(q_BxPkxD, h_BxNxD, mask)
-        q = layer.queries(q_BxPkxD)
-        q = q.reshape((b, pk // k, k) + q.shape[2:])
+            return layer.dense(q_BxPkxD, h_BxNxD, mask)
         keys, values = layer.keys_values(h_BxNxD)
-        o = attention.encoder_cross_attention(q, keys, values, patch_ids_BxN)
-        return q_BxPkxD + layer.finish(q_BxPkxD, o.reshape((b, pk) + o.shape[3:]))
+
+        def attend(q_BxPkxHxD: jax.Array) -> jax.Array:
+            q = q_BxPkxHxD.reshape((b, pk // k, k) + q_BxPkxHxD.shape[2:])
+            o = attention.encoder_cross_attention(q, keys, values, patch_ids_BxN)
+            return o.reshape((b, pk) + o.shape[3:])
+        return layer.apply(q_BxPkxD, attend)
+
+    def byte_states(self, e_BxNxD: jax.Array, pos_BxN: jax.Array,
+                    attend: Attend | Sequence[Attend]) -> tuple[jax.Array, list[jax.Array]]:
+        """The self-attention stack -> final byte states and the states each cross-attention
+        layer reads (the last layer's, or every layer's). Byte states never depend on the patch
+        queries, so training and decoding (which cross-attends only when a patch closes) share
+        this loop."""
+        taps = []
+        last = len(self.layers) - 1
+        h = e_BxNxD
+        for i, (block, a) in enumerate(zip(self.layers, per_layer(attend, len(self.layers)))):
+            h = run_block(block, self.cfg.remat, h, pos_BxN, a)
+            if i == last or self.cfg.cross_attn_all_layers_encoder:
+                taps.append(h)
+        return h, taps
 
     def __call__(self, ids_BxN: jax.Array, pos_BxN: jax.Array, seg_BxN: jax.Array,
                  patch_ids_BxN: jax.Array, n_patches: int, sink: dict | None = None
@@ -93,19 +115,14 @@ class LocalEncoder(nnx.Module):
         cfg = self.cfg
         attend = local_attend(cfg, seg_BxN, cfg.local_attention_window_len)
         if sink is not None:
-            sink.update(self=[], cross_h=[])
+            sink.update(self=[])
             attend = capturing(attend, sink["self"])
-        h = self.embed(ids_BxN)
-        queries = None
-        last = len(self.layers) - 1
-        for i, block in enumerate(self.layers):
-            h = run_block(block, cfg.remat, h, pos_BxN, attend)
-            if i == last or cfg.cross_attn_all_layers_encoder:
-                if queries is None:  # pooled from this layer's output (issue #88: follow the code)
-                    queries = self.init_queries(h, patch_ids_BxN, n_patches)
-                layer = self.cross_attn_layers[i if cfg.cross_attn_all_layers_encoder else 0]
-                queries = self.cross_attend(layer, queries, h, patch_ids_BxN)
-                if sink is not None:
-                    sink["cross_h"].append(h)
+        h, taps = self.byte_states(self.embed(ids_BxN), pos_BxN, attend)
+        # queries pooled from the first cross layer's input (issue #88: follow the code)
+        queries = self.init_queries(taps[0], patch_ids_BxN, n_patches)
+        for layer, tap in zip(self.cross_attn_layers, taps):
+            queries = self.cross_attend(layer, queries, tap, patch_ids_BxN)
+        if sink is not None:
+            sink["cross_h"] = taps
         b = ids_BxN.shape[0]
         return h, queries.reshape(b, n_patches, -1)

@@ -40,6 +40,19 @@ def run_block(block: nnx.Module, remat: bool, *args: Any) -> jax.Array:
     return jax.checkpoint(lambda s, h: nnx.merge(graphdef, s)(h, *rest))(state, x)
 
 
+def per_layer(attend: Attend | Sequence[Attend], n: int) -> list[Attend]:
+    return list(attend) if isinstance(attend, (list, tuple)) else [attend] * n
+
+
+def run_blocks(layers: Sequence[nnx.Module], remat: bool, h: jax.Array, pos_BxL: jax.Array,
+               attend: Attend | Sequence[Attend]) -> jax.Array:
+    """A stack's layer loop. `attend` is one strategy for every layer (training kernels) or one
+    per layer (decoding caches: each layer reads and extends its own)."""
+    for block, a in zip(layers, per_layer(attend, len(layers))):
+        h = run_block(block, remat, h, pos_BxL, a)
+    return h
+
+
 def local_attend(cfg: ml_collections.ConfigDict, seg_BxN: jax.Array, window: int) -> Attend:
     """Windowed causal attention inside EOS segments (blockwise, or the dense oracle)."""
     if cfg.attention_impl == "dense":
@@ -91,13 +104,13 @@ class Transformer(nnx.Module):
         return causal_attend(self.cfg, *ids_BxL.shape)
 
     def __call__(self, ids_BxL: jax.Array, pos_BxL: jax.Array | None = None,
-                 sink: list | None = None) -> jax.Array:
-        """fp32 next-id logits (B, L, V); `sink` collects every layer's (k, v)."""
+                 sink: list | None = None, attends: Sequence[Attend] | None = None) -> jax.Array:
+        """fp32 next-id logits (B, L, V); `sink` collects every layer's (k, v); `attends` (one
+        per layer) replaces the masks of a full row, e.g. with KV caches when decoding."""
         pos = positions(*ids_BxL.shape) if pos_BxL is None else pos_BxL
         h = constrain(self.tok_embeddings(ids_BxL), ("batch", "length", "act_embed"))
-        attend = capturing(self.attend(ids_BxL), sink)
-        for block in self.layers:
-            h = run_block(block, self.cfg.remat, h, pos, attend)
+        attend = capturing(self.attend(ids_BxL), sink) if attends is None else attends
+        h = run_blocks(self.layers, self.cfg.remat, h, pos, attend)
         logits = self.output(self.norm(h)).astype(jnp.float32)
         return constrain(logits, ("batch", "length", "act_vocab"))
 

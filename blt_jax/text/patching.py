@@ -171,7 +171,7 @@ def rule_starts(rule: PatchRule, xp: Any, pos: Any, h1: Any = None, h2: Any = No
         sl1, sl2 = _spacelike(xp, x1), _spacelike(xp, x2) | (pos < 2)
         return (pos < 2) | (x1 < OFFSET) | (sl1 & ~sl2)
     if mode == "bpe":
-        return (pos < 2) | ((x1 == BPE_DELIM_ID) & ~virtual)
+        return (pos < 2) | ((x1 == BPE_DELIM_ID) & xp.logical_not(virtual))
     if mode == "bpe_incremental":
         return (pos < 2) | (x1 == BPE_DELIM_ID)
     if mode == "byte":
@@ -179,6 +179,15 @@ def rule_starts(rule: PatchRule, xp: Any, pos: Any, h1: Any = None, h2: Any = No
     if mode == "static":
         return (pos == 0) | ((pos - 1) % int(rule.patch_size) == 0)
     raise ValueError(f"mode: unknown patching mode {mode!r}")
+
+
+def defers_close(rule: PatchRule) -> bool:
+    """Can a position open a patch once real that it did not open as the virtual position?
+
+    The reference ``bpe`` rule: a delimiter at L-1 opens position L only after byte L arrives, so
+    incremental decoding closes that patch one byte late (before the byte's own step).
+    """
+    return rule.mode == "bpe"
 
 
 def split_long(rule: PatchRule, starts: Any, offset: Any) -> Any:
@@ -189,8 +198,11 @@ def split_long(rule: PatchRule, starts: Any, offset: Any) -> Any:
 
 
 def start_mask(xp: Any, rule: PatchRule, *, length: int, include_next: bool, ids: Any = None,
-               entropies: Any = None, batch: int = 1) -> Any:
-    """Boolean (B, T) mask of patch starts. Inputs are (B, L); `xp` is numpy or jax.numpy."""
+               entropies: Any = None, batch: int = 1, row_lengths: Any = None) -> Any:
+    """Boolean (B, T) mask of patch starts. Inputs are (B, L); `xp` is numpy or jax.numpy.
+
+    `row_lengths` (B,) puts each right-padded row's virtual position at its own length.
+    """
     t_len = length + 1 if include_next else length
     pos = xp.arange(t_len)[None, :]
 
@@ -206,7 +218,8 @@ def start_mask(xp: Any, rule: PatchRule, *, length: int, include_next: bool, ids
     if ids is not None:
         fill = xp.zeros((), ids.dtype)
         reads.update(x1=prev(ids, 1, fill), x2=prev(ids, 2, fill))
-    virtual = (pos == length) if include_next else xp.zeros_like(pos, dtype=bool)
+    end = length if row_lengths is None else row_lengths[:, None]
+    virtual = (pos == end) if include_next else xp.zeros_like(pos, dtype=bool)
     starts = xp.broadcast_to(rule_starts(rule, xp, pos, virtual=virtual, **reads),
                              (batch, t_len))
     if rule.max_patch_length is not None:
@@ -346,10 +359,12 @@ def patch_ids_from_lengths(lengths_BxP: jax.Array, n: int) -> tuple[jax.Array, j
 
 
 def patch_buffer(*, p_max: int, ids: jax.Array | None = None, entropies: jax.Array | None = None,
-                 rule: PatchRule | None = None, **fields: Any) -> PatchBuffer:
+                 rule: PatchRule | None = None, row_lengths: jax.Array | None = None,
+                 **fields: Any) -> PatchBuffer:
     """Device patcher: (B, N) ids/entropies -> :class:`PatchBuffer` (jit-able, static shapes).
 
-    The rule is a :class:`PatchRule` or its fields as keywords, as in :func:`patch_lengths`.
+    The rule is a :class:`PatchRule` or its fields as keywords, as in :func:`patch_lengths`;
+    `row_lengths` as in :func:`start_mask` (right-padded prompts).
     """
     rule = as_rule(rule, **fields)
     _check_p_max(p_max)
@@ -361,7 +376,7 @@ def patch_buffer(*, p_max: int, ids: jax.Array | None = None, entropies: jax.Arr
         raise ValueError(f"ids/entropies: expected (B, N) arrays, got shape {ref.shape}")
     b, n = ref.shape
     starts_BxT = start_mask(jnp, rule, length=n, include_next=True, ids=ids, entropies=entropies,
-                            batch=b)
+                            batch=b, row_lengths=row_lengths)
     rank_BxT = jnp.cumsum(starts_BxT, axis=-1) - 1
     keep_BxT = starts_BxT & (rank_BxT < p_max)
     pos_T = jnp.arange(n + 1, dtype=jnp.int32)

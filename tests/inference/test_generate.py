@@ -4,6 +4,7 @@ mode, across patch and window boundaries, EOS and batches; one latent step per c
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -69,6 +70,57 @@ def test_incremental_equals_naive_on_every_patching_mode(blt_model, mode):
         res = compare(blt_model, PROMPTS, generate.Options(max_new=24))
         # bpe patches only at delimiter id 3, which no byte prompt holds: equality is the check
         assert sum(res.latent_steps) > 0 or mode == "bpe"
+    finally:
+        blt_model.patching_rule = rule
+
+
+def forced_steps(model, prompts, forced):
+    """Prefill right-padded id prompts, then step the given ids (teacher forcing): per row,
+    the logits before each step and the latent steps taken."""
+    g = model._generator
+    total = 256
+    n = max(len(p) for p in prompts)
+    prompt = np.zeros((len(prompts), n), np.int32)
+    for i, p in enumerate(prompts):
+        prompt[i, : len(p)] = p
+    e_params = model.entropy_model.params
+
+    def make(params, e_p):
+        m, e = g._models(params, e_p)
+        return g.decoder(m, e, model.patching_rule, total)
+
+    prefill = jax.jit(lambda pa, ep, x, n_b: make(pa, ep).prefill(x, n_b))
+    step = jax.jit(lambda pa, ep, s, x: make(pa, ep).step(s, x))
+    s = prefill(model.params, e_params, prompt, np.array([len(p) for p in prompts], np.int32))
+    n0, logits = np.asarray(s.n_closed), []
+    for k in range(len(forced[0])):
+        logits.append(np.asarray(s.logits))
+        s, _ = step(model.params, e_params, s, np.array([f[k] for f in forced], np.int32))
+    return np.stack(logits, 1), np.asarray(s.n_closed) - n0
+
+
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=() if m in {"bpe", "global_max4"}
+                                               else pytest.mark.slow) for m in RULES])
+def test_forced_ids_with_delimiters_and_eos_equal_naive(blt_model, mode):
+    """Ids no byte prompt holds (bpe delimiter 3, EOS 2) in the prompt and the continuation,
+    rows of different lengths; and a direct causality check: two continuations that share a
+    prefix give bitwise equal logits on it."""
+    rule = blt_model.patching_rule
+    blt_model.patching_rule = rule.replace(**RULES[mode](blt_model.median_entropy))
+    try:
+        prompts = [[1, 76, 109, 3], [1, 100, 3, 36, 3, 120, 2, 1, 90]]
+        shared = [3, 3, 80, 2, 1, 3, 81, 82]
+        forced = [shared + [3, 90, 91, 3], shared + [200, 3, 2, 7]]
+        got, latent = forced_steps(blt_model, prompts, forced)
+        for i, (p, f) in enumerate(zip(prompts, forced)):
+            want = [oracles._naive_logits(blt_model, p + f[:k]) for k in range(len(f))]
+            np.testing.assert_allclose(got[i], np.stack(want), atol=1e-4, rtol=0)
+            closed = oracles._closed_patches(blt_model, p + f) - \
+                oracles._closed_patches(blt_model, p)
+            assert latent[i] == closed, (i, latent[i], closed)
+        # same prompt, continuations differing after `shared`: the shared logits cannot move
+        twin, _ = forced_steps(blt_model, [prompts[1]] * 2, [forced[0], forced[1]])
+        np.testing.assert_array_equal(twin[0, : len(shared) + 1], twin[1, : len(shared) + 1])
     finally:
         blt_model.patching_rule = rule
 
