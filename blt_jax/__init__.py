@@ -20,9 +20,8 @@ for _name, _mod in (("tokenizer", tokenizer), ("patching", patching), ("hashing"
 __version__ = "0.1.0"
 
 
-def load(path, step=None, mesh=None):
-    """Opens a blt-jax workdir (see blt_jax.inference.api.load); `mesh` restores the
-    parameters straight into that mesh's shards."""
+def load(path, step=None, mesh=None, **options):
+    """Opens a blt-jax workdir (see blt_jax.inference.api.load for `mesh`, `max_context`)."""
     from blt_jax.inference import api
 
-    return api.load(path, step, mesh)
+    return api.load(path, step, mesh, **options)

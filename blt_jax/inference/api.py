@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import pathlib
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
 from blt_jax import paths
+from blt_jax.errors import UserError
 from blt_jax.inference import validate
 from blt_jax.model import factory, kinds
 from blt_jax.model.factory import build_model, read_config  # noqa: F401 (re-exported)
@@ -21,7 +22,11 @@ class Model:
     """A loaded model: `.logits`, `.entropies`, `.patch_lengths` (and `.generate`)."""
 
     def __init__(self, workdir: str | pathlib.Path, step: int | None = None,
-                 mesh: jax.sharding.Mesh | None = None):
+                 mesh: jax.sharding.Mesh | None = None, max_context: int = 4096):
+        if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 2:
+            raise UserError(f"max_context: expected an integer >= 2 (prompt + new ids per row), "
+                            f"got {max_context!r}")
+        self.max_context = max_context  # prompt + new ids per row for generate() / stream()
         self.workdir = paths.path(workdir)
         self.config, weights, self.step = factory.load_weights(workdir, step, mesh)
         self.kind = kinds.of(self.config)
@@ -76,8 +81,6 @@ class Model:
 
         return generate.Generator(self, self.max_context)
 
-    max_context = 4096  # prompt + new ids per row for generate()
-
     def generate(self, prompt: Any, *, max_new_bytes: int = 256, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                  stop: Any = None) -> Any:
@@ -86,20 +89,53 @@ class Model:
         temperature 0 is greedy; stops at EOS, `max_new_bytes` or any `stop` string (excluded
         from the result). BLT runs one latent step per closed patch (see blt_jax.inference.incremental).
         """
-        from blt_jax.inference import generate
-
         batch = isinstance(prompt, (list, tuple))
-        prompts = [tokenizer_bytes(p) for p in (prompt if batch else [prompt])]
-        validate.generation(prompts, max_new_bytes, temperature, top_k, top_p, self.max_context)
-        validate.generator(self)
-        if not prompts:
-            raise ValueError("prompt: give at least one prompt")
-        stops = tuple(tokenizer_bytes(s) for s in ([stop] if isinstance(stop, (str, bytes))
-                                                   else (stop or ())))
-        opts = generate.Options(max_new_bytes, temperature, top_k, top_p, seed, stops)
+        prompts, opts = self._request(prompt if batch else [prompt], max_new_bytes, temperature,
+                                      top_k, top_p, seed, stop)
         result = self._generator.generate(prompts, opts)
         self.last_generation = result
         return result.new if batch else result.new[0]
+
+    def stream(self, prompt: Any, *, max_new_bytes: int = 256, temperature: float = 0.0,
+               top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+               stop: Any = None, chunk: int = 8) -> Iterator[bytes]:
+        """The bytes :meth:`generate` returns for one prompt, as they are produced.
+
+        One device call per `chunk` new ids; bytes that could still begin a stop string are held
+        back, so the chunks join to exactly ``generate(...)``. `.last_generation` holds the
+        result (latent steps, ...) once the iterator is exhausted.
+        """
+        prompts, opts = self._request([prompt], max_new_bytes, temperature, top_k, top_p, seed,
+                                      stop)
+        hold = max((len(s) for s in opts.stop), default=1) - 1
+        pending, sent = b"", 0
+        for pieces, result in self._generator.stream(prompts, opts, chunk=chunk):
+            if result is not None:
+                self.last_generation = result
+                if len(result.new[0]) > sent:
+                    yield result.new[0][sent:]
+                return
+            pending += pieces[0]
+            safe = max(0, len(pending) - hold)
+            if safe:
+                yield pending[:safe]
+                sent += safe
+            pending = pending[safe:]
+
+    def _request(self, prompts: Sequence[Any], max_new_bytes: int, temperature: float,
+                 top_k: int | None, top_p: float | None, seed: int, stop: Any
+                 ) -> tuple[list[bytes], Any]:
+        """Checked prompts (bytes) and generation options, or a one-line UserError."""
+        from blt_jax.inference import generate
+
+        prompts = [tokenizer_bytes(p) for p in prompts]
+        validate.generation(prompts, max_new_bytes, temperature, top_k, top_p, self.max_context)
+        validate.generator(self)
+        if not prompts:
+            raise UserError("prompt: give at least one prompt")
+        stops = tuple(tokenizer_bytes(s) for s in ([stop] if isinstance(stop, (str, bytes))
+                                                   else (stop or ())))
+        return prompts, generate.Options(max_new_bytes, temperature, top_k, top_p, seed, stops)
 
 
 def tokenizer_bytes(text: Any) -> bytes:
@@ -109,12 +145,13 @@ def tokenizer_bytes(text: Any) -> bytes:
 
 
 def load(path: str | pathlib.Path, step: int | None = None,
-         mesh: jax.sharding.Mesh | None = None) -> Model:
+         mesh: jax.sharding.Mesh | None = None, max_context: int = 4096) -> Model:
     """Opens a workdir written by blt-jax (training, or `blt-jax import-reference`).
 
-    With `mesh`, parameters are restored directly into that mesh's shards (any mesh shape).
+    With `mesh`, parameters are restored directly into that mesh's shards (any mesh shape);
+    `max_context` bounds prompt + new ids per row in generation (it sizes the caches).
     """
     p = paths.path(path)
     if not p.is_dir():
-        raise ValueError(f"path: {path} is not a directory")
-    return Model(p, step, mesh)
+        raise UserError(f"path: {path} is not a directory; give a blt-jax workdir")
+    return Model(p, step, mesh, max_context)

@@ -223,6 +223,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print bytes as they are produced")
+    p.add_argument("--max-context", type=_positive, default=4096,
+                   help="prompt + new ids per row (sizes the caches)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
 
 
@@ -233,7 +235,6 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     import time
 
     import blt_jax
-    from blt_jax.inference import generate
 
     if args.prompt is not None:
         try:
@@ -243,36 +244,22 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
                 from None
     else:
         prompt = _read_file(args.prompt_file, "--prompt-file")
-    from blt_jax.inference import validate
 
-    model = blt_jax.load(_workdir(args.workdir), args.step)
-    validate.generation([prompt], args.max_new_bytes, args.temperature, args.top_k, args.top_p,
-                        model.max_context)
-    validate.generator(model)
-    opts = generate.Options(args.max_new_bytes, args.temperature, args.top_k, args.top_p,
-                            args.seed, tuple(s.encode("utf-8") for s in args.stop))
+    model = blt_jax.load(_workdir(args.workdir), args.step, max_context=args.max_context)
+    request = dict(max_new_bytes=args.max_new_bytes, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                   stop=[s.encode("utf-8") for s in args.stop])
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # never split a character
     t0 = time.perf_counter()
-    result = None
-    printed = 0
     if args.stream:
-        # hold back what could still turn out to be the start of a stop string
-        hold = max((len(s) for s in opts.stop), default=1) - 1
-        pending = b""
-        for pieces, result in model._generator.stream([prompt], opts, chunk=8):
-            if result is not None:
-                break
-            pending += pieces[0]
-            safe = max(0, len(pending) - hold)
-            sys.stdout.write(decoder.decode(pending[:safe]))
+        for piece in model.stream(prompt, **request):
+            sys.stdout.write(decoder.decode(piece))
             sys.stdout.flush()
-            printed += safe
-            pending = pending[safe:]
     else:
-        result = model._generator.generate([prompt], opts)
-    sys.stdout.write(decoder.decode(result.new[0][printed:]))
+        sys.stdout.write(decoder.decode(model.generate(prompt, **request)))
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")
     dt = time.perf_counter() - t0
+    result = model.last_generation
     n = len(result.new[0])
     extra_info = f", {result.latent_steps[0]} latent steps" \
         if model.patching_rule is not None else ""

@@ -164,6 +164,26 @@ def test_rows_do_not_leak_and_stop_strings(blt_model):
     del opts
 
 
+def test_stream_chunks_join_to_generate(blt_model):
+    full = blt_model.generate(PROMPTS[0], max_new_bytes=30)
+    for stop in (None, full[9:12]):
+        want = blt_model.generate(PROMPTS[0], max_new_bytes=30, stop=stop)
+        pieces = list(blt_model.stream(PROMPTS[0], max_new_bytes=30, stop=stop, chunk=4))
+        assert b"".join(pieces) == want and len(pieces) > 1
+        assert blt_model.last_generation.new[0] == want
+    assert stop not in b"".join(pieces)
+
+
+def test_max_context_is_a_parameter(blt_model, tmp_path):
+    small = blt_jax.load(blt_model.workdir, max_context=64)
+    with pytest.raises(ValueError, match="exceed the context of 64"):
+        small.generate(b"x" * 60, max_new_bytes=10)
+    assert small.generate(b"x" * 40, max_new_bytes=10) == \
+        blt_model.generate(b"x" * 40, max_new_bytes=10)
+    with pytest.raises(ValueError, match="max_context"):
+        blt_jax.load(blt_model.workdir, max_context=0)
+
+
 def test_bad_inputs(blt_model):
     with pytest.raises(ValueError, match="max_new_bytes"):
         blt_model.generate("hi", max_new_bytes=0)
