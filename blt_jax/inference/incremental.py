@@ -169,8 +169,7 @@ class BltGenerator:
         t = s.length
         late = s.deferred & ~s.done  # patches the previous byte closed once this one is real
         if self.defers:
-            s = jax.lax.cond(jnp.any(late), lambda st: self._close_late(st, late, t - 1),
-                             lambda st: st, s)
+            s = self._close_late(s, late, t - 1)
         ids = jax.vmap(lambda row, i, x: row.at[self.pad + i].set(x))(s.ids, t, x_B)
         x_prev = _take(ids, t + self.pad - 1)
         # 1. the byte opens the patch decided last step
@@ -212,35 +211,70 @@ class BltGenerator:
         state = s._replace(ids=ids, patch_start=patch_start, orig_start=orig_start, pool=pool,
                            open_eos=open_eos, ent=ent, enc=enc, cross_k=cross_k,
                            cross_v=cross_v)
-        state = jax.lax.cond(jnp.any(close), lambda st: self._close(st, close, t),
-                             lambda st: st, state)
+        state = self._apply_close(state, close, self._when(close, self._close, state, close, t))
         # 5. local decoder at t with the last closed patch's rows
-        logits, dec = self._decode(state, hx, t, seg)
+        logits, dec_att = self._decoder(state, hx, t, seg)
+        dec = kv_cache.extended(dec_att)
         state = state._replace(
             length=t + 1, logits=logits, seg=seg + (x_B == EOS_ID), h_last=h,
             next_start=starts, next_orig=orig, deferred=starts & ~starts_v, dec=dec, hx_last=hx)
         return state, close | late
 
-    def _decode(self, s: BltState, hx_Bx1xD: jax.Array, t_B: jax.Array, seg_B: jax.Array
-                ) -> tuple[jax.Array, list]:
-        """The local decoder at position t with the last closed patch's rows -> (logits, caches)."""
+    def _decoder(self, s: BltState, hx_Bx1xD: jax.Array, t_B: jax.Array, seg_B: jax.Array
+                 ) -> tuple[jax.Array, list]:
+        """The local decoder at position t with the last closed patch's rows -> (logits, its
+        cache strategies holding the new entries)."""
         att = kv_cache.strategies(s.dec, t_B[:, None], seg_B[:, None], self.window, ring=True)
         logits = self.m.local_decoder.run(hx_Bx1xD, t_B[:, None], att, lambda j, layer, hd:
                                           layer.apply(hd, lambda q: attention.heads_major_attention(
                                               q, s.dec_k[j], s.dec_v[j],
                                               jnp.ones(q.shape[:2] + (self.k,), bool))))[:, 0]
-        return logits, kv_cache.extended(att)
+        return logits, att
+
+    @staticmethod
+    def _when(rows_B: jax.Array, fn: Any, *args: Any) -> Any:
+        """fn(*args) if any row needs it, else zeros of its shapes: the branches output only
+        new entries, never a whole cache (merging cache outputs makes XLA copy them)."""
+        zeros = lambda *_: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),  # noqa: E731
+                                        jax.eval_shape(fn, *args))
+        return jax.lax.cond(jnp.any(rows_B), fn, zeros, *args)
+
+    def _apply_close(self, s: BltState, close_B: jax.Array, out: tuple) -> BltState:
+        """Writes what :meth:`_close` computed for the closing rows."""
+        lat_new, dec_k, dec_v = out
+        j = s.n_closed[:, None]
+        lat = [kv_cache.write(c, k, v, j, s.patch_seg[:, None], ring=False,
+                              valid_BxL=close_B[:, None]) for c, (k, v) in zip(s.lat, lat_new)]
+        block = self.cfg.global_attention == "block_causal"
+        return s._replace(
+            lat=lat, dec_k=_keep(close_B, dec_k, s.dec_k), dec_v=_keep(close_B, dec_v, s.dec_v),
+            n_closed=s.n_closed + close_B,
+            patch_seg=s.patch_seg + (close_B & s.open_eos & block),
+            open_eos=jnp.where(close_B, False, s.open_eos))
 
     def _close_late(self, s: BltState, late_B: jax.Array, t_B: jax.Array) -> BltState:
         """A patch that closed at t once byte t + 1 arrived: the full forward now gives the
         decoder at t that patch's rows, so its cache entry at t is recomputed with them."""
-        s = self._close(s, late_B, t_B)
         x_t = _take(s.ids, t_B + self.pad)
-        _, dec = self._decode(s, s.hx_last, t_B, s.seg - (x_t == EOS_ID))
-        return s._replace(dec=_keep(late_B, dec, s.dec))
+        seg_t = s.seg - (x_t == EOS_ID)
 
-    def _close(self, s: BltState, close_B: jax.Array, t_B: jax.Array) -> BltState:
-        """Pool + cross-attend the open patch's bytes, one latent step, decoder patch rows."""
+        def close_and_redecode(st: BltState) -> tuple:
+            out = self._close(st, late_B, t_B)
+            _, dec_k, dec_v = out
+            _, att = self._decoder(st._replace(dec_k=dec_k, dec_v=dec_v), st.hx_last, t_B,
+                                   seg_t)
+            return out, [a.new for a in att]
+
+        out, dec_new = self._when(late_B, close_and_redecode, s)
+        s = self._apply_close(s, late_B, out)
+        dec = [kv_cache.write(c, k, v, t_B[:, None], seg_t[:, None], ring=True,
+                              valid_BxL=late_B[:, None], keep_invalid=True)
+               for c, (k, v) in zip(s.dec, dec_new)]
+        return s._replace(dec=dec)
+
+    def _close(self, s: BltState, close_B: jax.Array, t_B: jax.Array) -> tuple:
+        """Pool + cross-attend the open patch's bytes, one latent step, decoder patch rows.
+        Returns the latent's new (k, v) per layer and the decoder's cross rows."""
         m, cfg = self.m, self.cfg
         enc_m = m.local_encoder
         b, d = s.pool.shape
@@ -256,10 +290,5 @@ class BltGenerator:
         lat_att = kv_cache.strategies(s.lat, j, s.patch_seg[:, None], None, ring=False,
                                       valid_BxL=close_B[:, None])
         x = m.global_transformer(qv.reshape(b, 1, self.k * d), pos_BxP=j, attends=lat_att)[:, 0]
-        lat = kv_cache.extended(lat_att)
         dec_k, dec_v = self._decoder_patch_kv(x)
-        return s._replace(
-            lat=lat, dec_k=_keep(close_B, dec_k, s.dec_k), dec_v=_keep(close_B, dec_v, s.dec_v),
-            n_closed=s.n_closed + close_B,
-            patch_seg=s.patch_seg + (close_B & s.open_eos & (cfg.global_attention == "block_causal")),
-            open_eos=jnp.where(close_B, False, s.open_eos))
+        return [a.new for a in lat_att], dec_k, dec_v

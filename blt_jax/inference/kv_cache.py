@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -48,24 +50,35 @@ def from_prefill(k_BxNxGxD: jax.Array, v_BxNxGxD: jax.Array, seg_BxN: jax.Array,
 
 
 def write(cache: Cache, k_BxLxGxD: jax.Array, v_BxLxGxD: jax.Array, pos_BxL: jax.Array,
-          seg_BxL: jax.Array, ring: bool, valid_BxL: jax.Array | None = None) -> Cache:
+          seg_BxL: jax.Array, ring: bool, valid_BxL: jax.Array | None = None,
+          keep_invalid: bool = False) -> Cache:
     """Stores L consecutive positions' entries; rows/positions with valid False leave an empty
-    (-1) slot instead (the latent step of a row whose patch is still open)."""
+    (-1) slot instead (the latent step of a row whose patch is still open), or with
+    `keep_invalid` leave the slot as it was (a rewrite of some rows' entries only)."""
     size = cache.pos.shape[1]
     slot_BxL = pos_BxL % size if ring else pos_BxL
     pos = pos_BxL if valid_BxL is None else jnp.where(valid_BxL, pos_BxL, -1)
     kv = lambda x: x.astype(cache.k.dtype).transpose(0, 2, 1, 3)  # noqa: E731  (B, G, L, D)
     one = pos_BxL.shape[1] == 1  # one in-place dynamic-update-slice per row, else a scatter
 
-    def row(c: jax.Array, s_L: jax.Array, x: jax.Array) -> jax.Array:
+    def row(c: jax.Array, s_L: jax.Array, x: jax.Array, ok_L: jax.Array) -> jax.Array:
         axis = c.ndim - 2 if c.ndim > 1 else 0  # the slot axis: (G, S, D) or (S,)
         if one:
+            if keep_invalid:
+                old = jax.lax.dynamic_slice_in_dim(c, s_L[0], 1, axis=axis)
+                x = jnp.where(ok_L[0], x, old)
             return jax.lax.dynamic_update_slice_in_dim(c, x, s_L[0], axis=axis)
+        if keep_invalid:
+            raise NotImplementedError("keep_invalid writes one position per row")
         return c.at[(slice(None),) * axis + (s_L,)].set(x)  # a ring may wrap inside L
 
     put = jax.vmap(row)
-    return Cache(put(cache.k, slot_BxL, kv(k_BxLxGxD)), put(cache.v, slot_BxL, kv(v_BxLxGxD)),
-                 put(cache.pos, slot_BxL, pos), put(cache.seg, slot_BxL, seg_BxL))
+    ok = jnp.ones(pos_BxL.shape, bool) if valid_BxL is None else valid_BxL
+    if keep_invalid:
+        pos = pos_BxL
+    return Cache(put(cache.k, slot_BxL, kv(k_BxLxGxD), ok), put(cache.v, slot_BxL,
+                                                                 kv(v_BxLxGxD), ok),
+                 put(cache.pos, slot_BxL, pos, ok), put(cache.seg, slot_BxL, seg_BxL, ok))
 
 
 def visible(cache: Cache, pos_BxL: jax.Array, seg_BxL: jax.Array, window: int | None
@@ -77,22 +90,58 @@ def visible(cache: Cache, pos_BxL: jax.Array, seg_BxL: jax.Array, window: int | 
 
 
 class Cached:
-    """Attend strategy for L new positions: writes their (k, v), attends over the cache.
+    """Attend strategy for L new positions: attends over the cache and their own (k, v).
 
-    After the call, `.cache` is the extended cache (the strategy is used once per step).
+    The cache is only read during the call; `.new` keeps the new (k, v) and :func:`extended`
+    writes them. A step that computes inside `lax.cond` returns `.new` and writes outside, so
+    no branch outputs a whole cache (XLA would copy every cache per step to merge branches).
     """
 
     def __init__(self, cache: Cache, pos_BxL: jax.Array, seg_BxL: jax.Array,
                  window: int | None, ring: bool, valid_BxL: jax.Array | None = None):
         self.cache, self.pos, self.seg, self.window = cache, pos_BxL, seg_BxL, window
         self.ring, self.valid = ring, valid_BxL
+        self.new: tuple[jax.Array, jax.Array] | None = None
 
     def __call__(self, q_BxLxHxD: jax.Array, k_BxLxGxD: jax.Array, v_BxLxGxD: jax.Array
                  ) -> jax.Array:
-        self.cache = write(self.cache, k_BxLxGxD, v_BxLxGxD, self.pos, self.seg, self.ring,
-                           self.valid)
-        mask = visible(self.cache, self.pos, self.seg, self.window)
-        return attention.heads_major_attention(q_BxLxHxD, self.cache.k, self.cache.v, mask)
+        self.new = (k_BxLxGxD, v_BxLxGxD)
+        # a ring slot the new positions overwrite holds an entry >= size >= window back
+        # (invisible either way), so reading the old cache plus the new entries is exact
+        mask_old = visible(self.cache, self.pos, self.seg, self.window)
+        # an entry being rewritten (a re-decoded position) is replaced by its new version
+        stale_BxS = jnp.any(self.cache.pos[:, None, :] == self.pos[:, :, None], axis=1)
+        mask_old &= ~stale_BxS[:, None, :]
+        own = self.pos[:, :, None] - self.pos[:, None, :]
+        mask_new = (own >= 0) & (self.seg[:, :, None] == self.seg[:, None, :])
+        if self.window is not None:
+            mask_new &= own < self.window
+        if self.valid is not None:  # invalid entries are seen by no other position
+            mask_new &= self.valid[:, None, :] | (own == 0)
+        return _attend_cache_and_new(q_BxLxHxD, self.cache, mask_old, k_BxLxGxD, v_BxLxGxD,
+                                     mask_new)
+
+    def committed(self, keep_invalid: bool = False) -> Cache:
+        k, v = self.new
+        return write(self.cache, k, v, self.pos, self.seg, self.ring, self.valid, keep_invalid)
+
+
+def _attend_cache_and_new(q_BxLxHxD: jax.Array, cache: Cache, mask_BxLxS: jax.Array,
+                          k_BxLxGxD: jax.Array, v_BxLxGxD: jax.Array, mask_BxLxL: jax.Array
+                          ) -> jax.Array:
+    """Softmax attention over the cache's S slots and the L new entries as one key set."""
+    b, nq, h, d = q_BxLxHxD.shape
+    g, size = cache.k.shape[1], cache.k.shape[2]
+    q = (q_BxLxHxD / math.sqrt(d)).reshape(b, nq, g, h // g, d).transpose(0, 2, 3, 1, 4)
+    k_new, v_new = (x.transpose(0, 2, 1, 3).astype(cache.k.dtype) for x in (k_BxLxGxD, v_BxLxGxD))
+    s_old = jnp.einsum("bgrqd,bgkd->bgrqk", q, cache.k, preferred_element_type=jnp.float32)
+    s_new = jnp.einsum("bgrqd,bgkd->bgrqk", q, k_new, preferred_element_type=jnp.float32)
+    mask = jnp.concatenate([mask_BxLxS, mask_BxLxL], axis=-1)[:, None, None]
+    w = jax.nn.softmax(jnp.where(mask, jnp.concatenate([s_old, s_new], -1), -jnp.inf), axis=-1)
+    w = w.astype(cache.v.dtype)
+    out = jnp.einsum("bgrqk,bgkd->bgrqd", w[..., :size], cache.v) + \
+        jnp.einsum("bgrqk,bgkd->bgrqd", w[..., size:], v_new)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, nq, h, d)
 
 
 def strategies(caches: Sequence[Cache], pos_BxL: jax.Array, seg_BxL: jax.Array,
@@ -102,7 +151,8 @@ def strategies(caches: Sequence[Cache], pos_BxL: jax.Array, seg_BxL: jax.Array,
 
 
 def extended(attends: Sequence[Cached]) -> list[Cache]:
-    return [a.cache for a in attends]
+    """The caches with each strategy's new entries written."""
+    return [a.committed() for a in attends]
 
 
 def transformer_prefill(model: Any, ids_BxN: jax.Array, n_B: jax.Array, size: int
