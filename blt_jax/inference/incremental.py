@@ -44,7 +44,7 @@ class BltState(NamedTuple):
     n_closed: jax.Array  # (B,) closed patches == latent steps taken == open patch index
     ent: list  # entropy-model caches
     enc: list  # encoder self-attention caches
-    cross_k: list  # per encoder cross layer: (B, H, T, D) keys of every byte
+    cross_k: list  # per encoder cross layer: (B, H, D, T) keys of every byte (transposed)
     cross_v: list
     lat: list  # latent caches, one slot per patch
     dec_k: list  # per decoder cross layer: (B, H, k, D) of the last closed patch
@@ -132,9 +132,9 @@ class BltGenerator:
         cross_k, cross_v = [], []
         for layer, h in zip(m.local_encoder.cross_attn_layers, sink["encoder"]["cross_h"]):
             kk, vv = layer.keys_values(h)
-            pad = ((0, 0), (0, 0), (0, total - n), (0, 0))
-            cross_k.append(jnp.pad(kk.transpose(0, 2, 1, 3), pad))  # heads-major (B, H, T, D)
-            cross_v.append(jnp.pad(vv.transpose(0, 2, 1, 3), pad))
+            room = (0, total - n)
+            cross_k.append(jnp.pad(kk.transpose(0, 2, 3, 1), ((0, 0),) * 3 + (room,)))  # BxHxDxT
+            cross_v.append(jnp.pad(vv.transpose(0, 2, 1, 3), ((0, 0),) * 2 + (room, (0, 0))))
 
         # latent caches: closed patches only (j < p(n_b)); one slot per possible patch
         p = buf.lengths.shape[1]
@@ -194,11 +194,12 @@ class BltGenerator:
         hx, taps = enc_m.byte_states(e, t1, enc_att)
         enc = kv_cache.extended(enc_att)
         cross_k, cross_v = list(s.cross_k), list(s.cross_v)
-        put = jax.vmap(lambda buf, i, x: jax.lax.dynamic_update_slice_in_dim(buf, x, i, axis=1))
+        put = lambda buf, x, axis: jax.vmap(  # noqa: E731
+            lambda b_, i, x_: jax.lax.dynamic_update_slice_in_dim(b_, x_, i, axis=axis))(buf, t, x)
         for c, (layer, tap) in enumerate(zip(enc_m.cross_attn_layers, taps)):
             kk, vv = layer.keys_values(tap)  # (B, 1, H, D)
-            cross_k[c] = put(cross_k[c], t, kk.transpose(0, 2, 1, 3))
-            cross_v[c] = put(cross_v[c], t, vv.transpose(0, 2, 1, 3))
+            cross_k[c] = put(cross_k[c], kk.transpose(0, 2, 3, 1), 2)
+            cross_v[c] = put(cross_v[c], vv.transpose(0, 2, 1, 3), 1)
         pool = jnp.maximum(pool, taps[0][:, 0])
         # 4. does t + 1 open a patch? then the open patch [patch_start, t] closes now
         q = t + 1
@@ -283,7 +284,7 @@ class BltGenerator:
         in_patch = (pos >= s.patch_start[:, None]) & (pos <= t_B[:, None])
         mask = jnp.broadcast_to(in_patch[:, None], (b, self.k, self.total))
         for c, layer in enumerate(enc_m.cross_attn_layers):
-            qv = layer.apply(qv, lambda q: attention.heads_major_attention(
+            qv = layer.apply(qv, lambda q: kv_cache.attend_stored(
                 q, s.cross_k[c], s.cross_v[c], mask))
         j = s.n_closed[:, None]
         # rows not closing leave slot j empty (it is their open patch, filled when it closes)

@@ -1,8 +1,8 @@
 """Key/value caches for decoding steps, filled from a batched prefill.
 
-A cache holds, per row, `size` slots of (k, v) stored heads-major — the layout a step reads, so
-no step re-lays out a cache — with the absolute position and the attention segment of each
-entry. Windowed stacks (entropy model, local encoder/decoder) use a ring of `size >= window`
+A cache holds, per row, `size` slots of (k, v) stored heads-major, keys transposed (B, G, D, S)
+and values (B, G, S, D) — the layouts the two attention dots read as they are, so no step
+re-lays out a cache — with the absolute position and the attention segment of each entry. Windowed stacks (entropy model, local encoder/decoder) use a ring of `size >= window`
 slots (slot = position % size); the latent model and the token baseline use one slot per
 position/patch. A query at position t sees entry e iff 0 <= t - pos(e) < window and
 seg(e) == seg(t): exactly the masks of the full forward.
@@ -24,7 +24,7 @@ from blt_jax.model import attention
 
 
 class Cache(NamedTuple):
-    k: jax.Array  # (B, G, S, D)
+    k: jax.Array  # (B, G, D, S): keys transposed (XLA would otherwise transpose them per step)
     v: jax.Array  # (B, G, S, D)
     pos: jax.Array  # (B, S) position of each entry, -1 when empty
     seg: jax.Array  # (B, S) attention segment of each entry
@@ -44,8 +44,9 @@ def from_prefill(k_BxNxGxD: jax.Array, v_BxNxGxD: jax.Array, seg_BxN: jax.Array,
     idx = jnp.clip(p, 0, n - 1)
     take = lambda x: jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa
     zero = lambda x: jnp.where(valid.reshape(valid.shape + (1,) * (x.ndim - 2)), x, 0)  # noqa
-    heads_major = lambda x: zero(take(x)).transpose(0, 2, 1, 3)  # noqa: E731
-    return Cache(heads_major(k_BxNxGxD), heads_major(v_BxNxGxD), jnp.where(valid, p, -1),
+    k = zero(take(k_BxNxGxD)).transpose(0, 2, 3, 1)
+    v = zero(take(v_BxNxGxD)).transpose(0, 2, 1, 3)
+    return Cache(k, v, jnp.where(valid, p, -1),
                  jnp.where(valid, take(seg_BxN), -1))
 
 
@@ -58,11 +59,10 @@ def write(cache: Cache, k_BxLxGxD: jax.Array, v_BxLxGxD: jax.Array, pos_BxL: jax
     size = cache.pos.shape[1]
     slot_BxL = pos_BxL % size if ring else pos_BxL
     pos = pos_BxL if valid_BxL is None else jnp.where(valid_BxL, pos_BxL, -1)
-    kv = lambda x: x.astype(cache.k.dtype).transpose(0, 2, 1, 3)  # noqa: E731  (B, G, L, D)
     one = pos_BxL.shape[1] == 1  # one in-place dynamic-update-slice per row, else a scatter
 
-    def row(c: jax.Array, s_L: jax.Array, x: jax.Array, ok_L: jax.Array) -> jax.Array:
-        axis = c.ndim - 2 if c.ndim > 1 else 0  # the slot axis: (G, S, D) or (S,)
+    def row(c: jax.Array, s_L: jax.Array, x: jax.Array, ok_L: jax.Array, axis: int
+            ) -> jax.Array:
         if one:
             if keep_invalid:
                 old = jax.lax.dynamic_slice_in_dim(c, s_L[0], 1, axis=axis)
@@ -72,13 +72,14 @@ def write(cache: Cache, k_BxLxGxD: jax.Array, v_BxLxGxD: jax.Array, pos_BxL: jax
             raise NotImplementedError("keep_invalid writes one position per row")
         return c.at[(slice(None),) * axis + (s_L,)].set(x)  # a ring may wrap inside L
 
-    put = jax.vmap(row)
+    put = lambda c, x, axis: jax.vmap(lambda *a: row(*a, axis))(c, slot_BxL, x, ok)  # noqa
     ok = jnp.ones(pos_BxL.shape, bool) if valid_BxL is None else valid_BxL
     if keep_invalid:
         pos = pos_BxL
-    return Cache(put(cache.k, slot_BxL, kv(k_BxLxGxD), ok), put(cache.v, slot_BxL,
-                                                                 kv(v_BxLxGxD), ok),
-                 put(cache.pos, slot_BxL, pos, ok), put(cache.seg, slot_BxL, seg_BxL, ok))
+    dt = cache.k.dtype
+    return Cache(put(cache.k, k_BxLxGxD.astype(dt).transpose(0, 2, 3, 1), 2),  # (G, D, S)
+                 put(cache.v, v_BxLxGxD.astype(dt).transpose(0, 2, 1, 3), 1),  # (G, S, D)
+                 put(cache.pos, pos, 0), put(cache.seg, seg_BxL, 0))
 
 
 def visible(cache: Cache, pos_BxL: jax.Array, seg_BxL: jax.Array, window: int | None
@@ -118,29 +119,36 @@ class Cached:
             mask_new &= own < self.window
         if self.valid is not None:  # invalid entries are seen by no other position
             mask_new &= self.valid[:, None, :] | (own == 0)
-        return _attend_cache_and_new(q_BxLxHxD, self.cache, mask_old, k_BxLxGxD, v_BxLxGxD,
-                                     mask_new)
+        return attend_stored(q_BxLxHxD, self.cache.k, self.cache.v, mask_old, k_BxLxGxD,
+                             v_BxLxGxD, mask_new)
 
     def committed(self, keep_invalid: bool = False) -> Cache:
         k, v = self.new
         return write(self.cache, k, v, self.pos, self.seg, self.ring, self.valid, keep_invalid)
 
 
-def _attend_cache_and_new(q_BxLxHxD: jax.Array, cache: Cache, mask_BxLxS: jax.Array,
-                          k_BxLxGxD: jax.Array, v_BxLxGxD: jax.Array, mask_BxLxL: jax.Array
-                          ) -> jax.Array:
-    """Softmax attention over the cache's S slots and the L new entries as one key set."""
+def attend_stored(q_BxLxHxD: jax.Array, kt_BxGxDxS: jax.Array, v_BxGxSxD: jax.Array,
+                  mask_BxLxS: jax.Array, k_BxLxGxD: jax.Array | None = None,
+                  v_BxLxGxD: jax.Array | None = None, mask_BxLxL: jax.Array | None = None
+                  ) -> jax.Array:
+    """Softmax attention over stored keys (transposed) and values, plus optionally L new
+    entries, as one key set: no cache is copied to append the new ones."""
     b, nq, h, d = q_BxLxHxD.shape
-    g, size = cache.k.shape[1], cache.k.shape[2]
+    g, size = kt_BxGxDxS.shape[1], kt_BxGxDxS.shape[3]
     q = (q_BxLxHxD / math.sqrt(d)).reshape(b, nq, g, h // g, d).transpose(0, 2, 3, 1, 4)
-    k_new, v_new = (x.transpose(0, 2, 1, 3).astype(cache.k.dtype) for x in (k_BxLxGxD, v_BxLxGxD))
-    s_old = jnp.einsum("bgrqd,bgkd->bgrqk", q, cache.k, preferred_element_type=jnp.float32)
-    s_new = jnp.einsum("bgrqd,bgkd->bgrqk", q, k_new, preferred_element_type=jnp.float32)
-    mask = jnp.concatenate([mask_BxLxS, mask_BxLxL], axis=-1)[:, None, None]
-    w = jax.nn.softmax(jnp.where(mask, jnp.concatenate([s_old, s_new], -1), -jnp.inf), axis=-1)
-    w = w.astype(cache.v.dtype)
-    out = jnp.einsum("bgrqk,bgkd->bgrqd", w[..., :size], cache.v) + \
-        jnp.einsum("bgrqk,bgkd->bgrqd", w[..., size:], v_new)
+    s = jnp.einsum("bgrqd,bgdk->bgrqk", q, kt_BxGxDxS, preferred_element_type=jnp.float32)
+    mask = mask_BxLxS
+    if k_BxLxGxD is not None:
+        k_new, v_new = (x.transpose(0, 2, 1, 3).astype(v_BxGxSxD.dtype)
+                        for x in (k_BxLxGxD, v_BxLxGxD))
+        s_new = jnp.einsum("bgrqd,bgkd->bgrqk", q, k_new, preferred_element_type=jnp.float32)
+        s = jnp.concatenate([s, s_new], -1)
+        mask = jnp.concatenate([mask_BxLxS, mask_BxLxL], axis=-1)
+    w = jax.nn.softmax(jnp.where(mask[:, None, None], s, -jnp.inf), axis=-1)
+    w = w.astype(v_BxGxSxD.dtype)
+    out = jnp.einsum("bgrqk,bgkd->bgrqd", w[..., :size], v_BxGxSxD)
+    if k_BxLxGxD is not None:
+        out = out + jnp.einsum("bgrqk,bgkd->bgrqd", w[..., size:], v_new)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, nq, h, d)
 
 
