@@ -28,6 +28,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from blt_jax import config
+from blt_jax.errors import UserError
 from blt_jax.inference import api
 from blt_jax.model import factory
 from blt_jax.pipeline import data
@@ -87,9 +88,9 @@ def windows(ids: np.ndarray, nbytes: np.ndarray | None, n: int, stride: int | No
     `stats`, if given, receives the left context in bytes of the scored targets (per byte).
     """
     if not 1 <= (n if stride is None else stride) <= n:
-        raise ValueError(f"stride: must be in [1, window {n}], got {stride}")
+        raise UserError(f"stride: must be in [1, window {n}], got {stride}")
     if len(ids) < 2:
-        raise ValueError("documents: the stream needs at least two ids to score")
+        raise UserError("documents: the stream needs at least two ids to score")
     per_id = np.ones(len(ids), np.int64) if nbytes is None else np.asarray(nbytes, np.int64)
     spans, width = plan(ids, nbytes, n, stride, in_bytes)
     byte_cum = np.concatenate([[0], np.cumsum(per_id)])
@@ -137,7 +138,7 @@ def score(model: api.Model, docs: Sequence[Any], *, seq_len: int | None = None,
     ids, nbytes = stream(model, docs)
     in_bytes = context_bytes is not None
     if in_bytes and int(context_bytes) < 1:
-        raise ValueError(f"context_bytes: must be >= 1, got {context_bytes}")
+        raise UserError(f"context_bytes: must be >= 1, got {context_bytes}")
     n = int(context_bytes) if in_bytes else (seq_len or cfg.data.seq_len)
     stats: dict[str, float] = {}
     width = plan(ids, nbytes, n, stride, in_bytes)[1]

@@ -12,6 +12,7 @@ import pathlib
 from typing import Any, Sequence
 
 from blt_jax import config
+from blt_jax.errors import UserError
 from blt_jax.evaluation import evaluate
 from blt_jax.inference import api
 from blt_jax.pipeline import data
@@ -24,10 +25,10 @@ def run(workdir: str | pathlib.Path, *, thresholds: Sequence[float] = (),
         targets: Sequence[float] = (), split: str = "validation",
         max_batches: int | None = None, plot: str | None = None) -> list[dict[str, Any]]:
     if not thresholds and not targets:
-        raise ValueError("sweep: give --thresholds or --targets")
+        raise UserError("sweep: give --thresholds or --targets")
     model = api.load(workdir)
     if model.entropy_model is None:  # only a BLT patching with an entropy model has one
-        raise ValueError(f"workdir: {workdir} is not a BLT with an entropy model")
+        raise UserError(f"workdir: {workdir} is not a BLT with an entropy model")
     base = model.config
     mesh = sharding.make_mesh(tuple(base.mesh.shape))
     docs = data.documents(base.data, split)

@@ -58,13 +58,13 @@ class Model:
         if self.kind.scores_entropies:
             return self._entropies(ids)
         if self.entropy_model is None:
-            raise ValueError("entropies: this model has no entropy model")
+            raise UserError("entropies: this model has no entropy model")
         return self.entropy_model.entropies(ids)
 
     def patch_lengths(self, ids: Any, include_next: bool = True) -> np.ndarray:
         """(B, P) patch lengths with this BLT's rule (Σ = N + 1 with include_next)."""
         if self.patching_rule is None:
-            raise ValueError(f"patch_lengths: a {self.kind} model has no patches")
+            raise UserError(f"patch_lengths: a {self.kind} model has no patches")
         ids = np.atleast_2d(np.asarray(ids, np.int32))
         h = self.entropies(ids) if self.patching_rule.needs_entropies else None
         return patching.patch_lengths(ids, h, self.patching_rule, include_next=include_next)

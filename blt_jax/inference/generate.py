@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from blt_jax.errors import UserError
 from blt_jax.inference import kv_cache, sampling
 from blt_jax.model import factory
 from blt_jax.text import patching
@@ -34,10 +35,10 @@ class Options(NamedTuple):
 
 def check_options(o: Options) -> None:
     if o.max_new < 1:
-        raise ValueError(f"max_new_bytes: must be >= 1, got {o.max_new}")
+        raise UserError(f"max_new_bytes: must be >= 1, got {o.max_new}")
     sampling.check(o.temperature, o.top_k, o.top_p)
     if any(not s for s in o.stop):
-        raise ValueError("stop: stop strings must be non-empty")
+        raise UserError("stop: stop strings must be non-empty")
 
 
 def _matches(ids_BxT: jax.Array, end_B: jax.Array, n_new_B: jax.Array, pad: int,
@@ -155,8 +156,8 @@ class Generator:
     def __init__(self, loaded: Any, max_context: int):
         self.loaded, self.kind, self.max_context = loaded, loaded.kind, max_context
         if self.kind.decoder is None:
-            raise ValueError(f"generate: a {self.kind} workdir is not a generator (use a BLT or "
-                             "BPE workdir)")
+            raise UserError(f"generate: a {self.kind} workdir is not a generator (use a BLT or "
+                            "BPE workdir)")
         self.decoder = DECODERS[self.kind.decoder]
         self.codec = loaded.codec
         cfg = loaded.model_config.copy_and_resolve_references()
@@ -212,9 +213,9 @@ class Generator:
         rows = [self.encode(p) for p in prompts]
         n_max = max(len(r) for r in rows)
         if n_max + opts.max_new > self.max_context:
-            raise ValueError(f"prompt: {n_max} ids + max_new_bytes {opts.max_new} exceed the "
-                             f"context of {self.max_context}; shorten the prompt or lower "
-                             "max_new_bytes")
+            raise UserError(f"prompt: {n_max} ids + max_new_bytes {opts.max_new} exceed the "
+                            f"context of {self.max_context}; shorten the prompt or lower "
+                            "max_new_bytes")
         b = len(rows)
         total = min(self.max_context, -(-(n_max + opts.max_new) // 256) * 256)
         n_bucket = min(total, max(16, 1 << (n_max - 1).bit_length()))

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from blt_jax import config, paths
+from blt_jax.errors import UserError
 from blt_jax.model import kinds
 from blt_jax.model.blt import check_inputs
 from blt_jax.model.transformer import entropies
@@ -47,7 +48,7 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     """The run config stored in a blt-jax workdir."""
     path = paths.path(workdir) / "config.json"
     if not path.is_file():
-        raise ValueError(f"workdir: {workdir} has no config.json (not a blt-jax workdir)")
+        raise UserError(f"workdir: {workdir} has no config.json (not a blt-jax workdir)")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from blt_jax import config
+from blt_jax.errors import UserError
 from blt_jax.model import flops
 from blt_jax.model.blt import BLT, check_inputs, patch_from_ids
 from blt_jax.model.transformer import Transformer
@@ -108,10 +109,10 @@ class Kind:
     def check(self, cfg: ml_collections.ConfigDict) -> None:
         """ValueError for a run config this kind cannot train."""
         if cfg.model.kind != self.model_kind:
-            raise ValueError(f"model.kind: a {self.name} run trains a {self.model_kind!r} model, "
-                             f"got {cfg.model.kind!r}")
+            raise UserError(f"model.kind: a {self.name} run trains a {self.model_kind!r} model, "
+                            f"got {cfg.model.kind!r}")
         if self.byte_level and cfg.model.vocab_size != VOCAB_SIZE:
-            raise ValueError(f"model.vocab_size: byte models use {VOCAB_SIZE} ids")
+            raise UserError(f"model.vocab_size: byte models use {VOCAB_SIZE} ids")
 
     def resume(self, cfg: ml_collections.ConfigDict, stored: ml_collections.ConfigDict
                ) -> ml_collections.ConfigDict:
@@ -159,7 +160,7 @@ class Kind:
                      patcher: Callable[[np.ndarray], np.ndarray]) -> tuple[Any, ...]:
         """The network's arguments for host ids (`patcher`: ids -> patch lengths)."""
         if patch_lengths is not None:
-            raise ValueError("patch_lengths: only BLT models take patch lengths")
+            raise UserError("patch_lengths: only BLT models take patch lengths")
         if self.byte_level:
             check_inputs(ids_BxN)
         return (ids_BxN,)
@@ -318,7 +319,7 @@ def of(cfg: ml_collections.ConfigDict) -> Kind:
     """The kind of a run config (``cfg.kind``)."""
     kind = KINDS.get(cfg.kind)
     if kind is None:
-        raise ValueError(f"kind: must be one of {config.KINDS}, got {cfg.kind!r}")
+        raise UserError(f"kind: must be one of {config.KINDS}, got {cfg.kind!r}")
     return kind
 
 
@@ -326,7 +327,7 @@ def module_class(model_cfg: ml_collections.ConfigDict) -> type[nnx.Module]:
     """The network class of a model config (``model.kind``: blt | transformer)."""
     cls = MODULES.get(model_cfg.kind)
     if cls is None:
-        raise ValueError(f"kind: 'blt' or 'transformer', got {model_cfg.kind!r}")
+        raise UserError(f"kind: 'blt' or 'transformer', got {model_cfg.kind!r}")
     return cls
 
 

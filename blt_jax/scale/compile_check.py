@@ -17,6 +17,7 @@ import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from blt_jax import config
+from blt_jax.errors import UserError
 from blt_jax.model import factory, kinds
 from blt_jax.scale import sharding
 
@@ -34,12 +35,12 @@ def topology_name(spec: str) -> str:
         return spec
     m = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", spec)
     if not m:
-        raise ValueError(f"topology: {spec!r} is neither NAME:AxBxC (e.g. v5p:4x4x4) nor an "
-                         "accelerator type (e.g. v5p-64, v5litepod-16, v6e-64)")
+        raise UserError(f"topology: {spec!r} is neither NAME:AxBxC (e.g. v5p:4x4x4) nor an "
+                        "accelerator type (e.g. v5p-64, v5litepod-16, v6e-64)")
     gen, cores_per_chip, dims = _TYPES[m.group(1)]
     chips = int(m.group(2)) // cores_per_chip
     if chips < 1 or chips & (chips - 1):
-        raise ValueError(f"topology: {spec} does not give a power-of-two chip count")
+        raise UserError(f"topology: {spec} does not give a power-of-two chip count")
     shape = [1] * dims
     i = 0
     while math.prod(shape) < chips:  # grow the smallest dimension first: 2x2x2, 2x2x4, ...
@@ -57,17 +58,17 @@ def _devices(name: str) -> list[Any]:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
     except Exception as e:  # libtpu missing, busy, or an unknown name
         if "lockfile" in str(e):
-            raise ValueError("topology: libtpu is in use by another process on this machine "
-                             "(one compile-check at a time); wait for it to finish") from None
-        raise ValueError(f"topology: cannot describe {name!r} ({str(e).splitlines()[0][:200]}); "
-                         "install the TPU extra: pip install 'blt-jax[tpu]'") from None
+            raise UserError("topology: libtpu is in use by another process on this machine "
+                            "(one compile-check at a time); wait for it to finish") from None
+        raise UserError(f"topology: cannot describe {name!r} ({str(e).splitlines()[0][:200]}); "
+                        "install the TPU extra: pip install 'blt-jax[tpu]'") from None
 
 
 def hbm_per_device(device: Any) -> float:
     kind = device.device_kind
     chip_gib, cores = CHIPS.get(kind, (None, 1))
     if chip_gib is None:
-        raise ValueError(f"topology: unknown HBM size for device kind {kind!r}")
+        raise UserError(f"topology: unknown HBM size for device kind {kind!r}")
     return chip_gib * GIB * getattr(device, "num_cores", 1) / cores
 
 

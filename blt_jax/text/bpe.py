@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from blt_jax import paths
+from blt_jax.errors import UserError
 
 FILE = "bpe_tokenizer.json"
 META = "bpe_tokenizer.meta.json"
@@ -64,13 +65,13 @@ class BpeTokenizer:
         spec = json.loads(tok.to_str())
         where = source or "the tokenizer"
         if not _is_byte_level(spec):
-            raise ValueError(f"bpe.tokenizer_path: {where} is not a byte-level BPE (decoder "
-                             f"{(spec.get('decoder') or {}).get('type')}); only byte-level "
-                             "tokenizers (GPT-2 / Llama-3 style) keep every byte countable")
+            raise UserError(f"bpe.tokenizer_path: {where} is not a byte-level BPE (decoder "
+                            f"{(spec.get('decoder') or {}).get('type')}); only byte-level "
+                            "tokenizers (GPT-2 / Llama-3 style) keep every byte countable")
         if spec.get("normalizer") is not None:
-            raise ValueError(f"bpe.tokenizer_path: {where} normalizes text "
-                             f"({spec['normalizer'].get('type')}), so tokens would not stand for "
-                             "the document's bytes")
+            raise UserError(f"bpe.tokenizer_path: {where} normalizes text "
+                            f"({spec['normalizer'].get('type')}), so tokens would not stand for "
+                            "the document's bytes")
         tok.encode_special_tokens = True  # "<eos>" inside a document is text, not a special id
         self.tok = tok
         vocab = tok.get_vocab()
@@ -84,8 +85,8 @@ class BpeTokenizer:
         inverse = {c: b for b, c in alphabet.items()}
         missing = [b for b, c in alphabet.items() if c not in vocab]
         if missing:
-            raise ValueError(f"bpe.tokenizer_path: {where} lacks byte tokens for {len(missing)} "
-                             "bytes, so invalid UTF-8 could not be kept as bytes")
+            raise UserError(f"bpe.tokenizer_path: {where} lacks byte tokens for {len(missing)} "
+                            "bytes, so invalid UTF-8 could not be kept as bytes")
         self.byte_ids = np.array([vocab[alphabet[b]] + self.shift for b in range(256)], np.int32)
         self.pieces: list[bytes] = [b""] * self.vocab_size
         self.nbytes = np.ones(self.vocab_size, np.int32)  # pad / specials: one byte (BOS, EOS)
@@ -93,8 +94,8 @@ class BpeTokenizer:
             if piece in specials or piece in SPECIALS:
                 continue
             if any(c not in inverse for c in piece):
-                raise ValueError(f"bpe.tokenizer_path: {where}: token {piece!r} is not made of "
-                                 "byte-level characters")
+                raise UserError(f"bpe.tokenizer_path: {where}: token {piece!r} is not made of "
+                                "byte-level characters")
             self.pieces[i + self.shift] = bytes(inverse[c] for c in piece)
             self.nbytes[i + self.shift] = len(piece)
 
@@ -102,8 +103,8 @@ class BpeTokenizer:
         for name in names:
             if name in vocab:
                 return vocab[name] + self.shift
-        raise ValueError(f"bpe.tokenizer_path: {where} has no {what} token (looked for "
-                         f"{', '.join(names)})")
+        raise UserError(f"bpe.tokenizer_path: {where} has no {what} token (looked for "
+                        f"{', '.join(names)})")
 
     def encode(self, text: bytes | str) -> np.ndarray:
         """Model ids of the text's bytes (no <bos>/<eos>); invalid UTF-8 stays byte for byte."""
@@ -130,8 +131,8 @@ class BpeTokenizer:
         nbytes = self.nbytes[ids]
         n = len(text.encode("utf-8") if isinstance(text, str) else text)
         if int(nbytes.sum()) != n + 2:  # e.g. a pre-tokenizer that drops or adds bytes
-            raise ValueError(f"bpe: tokens stand for {int(nbytes.sum()) - 2} bytes of a "
-                             f"{n}-byte document; this tokenizer does not keep bytes")
+            raise UserError(f"bpe: tokens stand for {int(nbytes.sum()) - 2} bytes of a "
+                            f"{n}-byte document; this tokenizer does not keep bytes")
         return ids, nbytes
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
@@ -168,8 +169,8 @@ def train(docs: Iterable[bytes], vocab_size: int) -> BpeTokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 256 + len(SPECIALS):
-        raise ValueError(f"bpe vocab_size: needs at least {256 + len(SPECIALS)} (all bytes + "
-                         f"specials), got {vocab_size}")
+        raise UserError(f"bpe vocab_size: needs at least {256 + len(SPECIALS)} (all bytes + "
+                        f"specials), got {vocab_size}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -198,11 +199,11 @@ def from_file(path: str | pathlib.Path) -> BpeTokenizer:
     if p.is_dir():
         p = p / "tokenizer.json"
     if not p.is_file():
-        raise ValueError(f"bpe.tokenizer_path: {path} is not a tokenizer.json file")
+        raise UserError(f"bpe.tokenizer_path: {path} is not a tokenizer.json file")
     try:
         tok = Tokenizer.from_str(p.read_text())
     except Exception as e:  # tokenizers raises a bare Exception on malformed files
-        raise ValueError(f"bpe.tokenizer_path: {p} is not a readable tokenizer.json ({e})") from e
+        raise UserError(f"bpe.tokenizer_path: {p} is not a readable tokenizer.json ({e})") from e
     return BpeTokenizer(tok, str(p))
 
 
@@ -253,7 +254,7 @@ def load(workdir: str | pathlib.Path) -> BpeTokenizer:
 
     path = work / FILE
     if not path.is_file():
-        raise ValueError(f"bpe: {path} is missing (train the baseline in this workdir first)")
+        raise UserError(f"bpe: {path} is missing (train the baseline in this workdir first)")
     return BpeTokenizer(Tokenizer.from_str(path.read_text()), str(path))
 
 

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from blt_jax.errors import UserError
 from blt_jax.text.tokenizer import BPE_DELIM_ID, OFFSET
 
 ENTROPY_MODES = ("global", "monotonic", "combined")
@@ -59,15 +60,15 @@ def check_rule(mode: str, threshold: float | None = DEFAULT_THRESHOLD,
                patch_size: float | None = 4.5) -> None:
     """Raises ValueError naming the argument that makes a patching rule unusable."""
     if mode not in MODES:
-        raise ValueError(f"mode: unknown patching mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise UserError(f"mode: unknown patching mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode in ENTROPY_MODES and (threshold is None or not math.isfinite(threshold)):
-        raise ValueError(f"threshold: mode {mode!r} needs a finite threshold, got {threshold!r}")
+        raise UserError(f"threshold: mode {mode!r} needs a finite threshold, got {threshold!r}")
     if mode == "combined" and (threshold_add is None or not math.isfinite(threshold_add)):
-        raise ValueError("threshold_add: mode 'combined' needs a finite threshold_add")
+        raise UserError("threshold_add: mode 'combined' needs a finite threshold_add")
     if max_patch_length is not None and int(max_patch_length) < 1:
-        raise ValueError(f"max_patch_length: must be >= 1 or None, got {max_patch_length}")
+        raise UserError(f"max_patch_length: must be >= 1 or None, got {max_patch_length}")
     if mode == "static" and (patch_size is None or int(patch_size) != patch_size or patch_size < 1):
-        raise ValueError(f"patch_size: static patching needs a whole number >= 1, got {patch_size}")
+        raise UserError(f"patch_size: static patching needs a whole number >= 1, got {patch_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,15 +119,15 @@ def as_rule(rule: PatchRule | Mapping[str, Any] | None = None, **fields: Any) ->
 def _as_rows(name: str, arr: Any, dtype: Any) -> tuple[np.ndarray, bool]:
     a = np.asarray(arr)
     if a.ndim not in (1, 2):
-        raise ValueError(f"{name}: expected a 1-D or 2-D array, got shape {a.shape}")
+        raise UserError(f"{name}: expected a 1-D or 2-D array, got shape {a.shape}")
     return a.astype(dtype, copy=False).reshape((1, -1) if a.ndim == 1 else a.shape), a.ndim == 1
 
 
 def _check_entropies(h: np.ndarray) -> None:
     if np.isnan(h).any():
-        raise ValueError("entropies: contains NaN; recompute them (the entropy model diverged?)")
+        raise UserError("entropies: contains NaN; recompute them (the entropy model diverged?)")
     if (h < 0).any():
-        raise ValueError(f"entropies: must be >= 0 nats, found {h.min():.4g}")
+        raise UserError(f"entropies: must be >= 0 nats, found {h.min():.4g}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +253,7 @@ def patch_lengths(ids: Any = None, entropies: Any = None, rule: PatchRule | None
     h = one_d = None
     if rule.needs_entropies:
         if entropies is None:
-            raise ValueError(f"entropies: mode {rule.mode!r} needs entropies")
+            raise UserError(f"entropies: mode {rule.mode!r} needs entropies")
         h, one_d = _as_rows("entropies", entropies, np.float32)
         _check_entropies(h)
     ref = None
@@ -260,12 +261,12 @@ def patch_lengths(ids: Any = None, entropies: Any = None, rule: PatchRule | None
         ref, one_d_ids = _as_rows("ids", ids, np.int64)
         one_d = one_d_ids if one_d is None else one_d
         if h is not None and h.shape != ref.shape:
-            raise ValueError(f"ids: shape {ref.shape} differs from entropies {h.shape}")
+            raise UserError(f"ids: shape {ref.shape} differs from entropies {h.shape}")
     elif rule.mode in ("space", "bpe", "bpe_incremental"):
-        raise ValueError(f"ids: mode {rule.mode!r} needs ids")
+        raise UserError(f"ids: mode {rule.mode!r} needs ids")
     shape = (h if h is not None else ref).shape if (h is not None or ref is not None) else None
     if shape is None:
-        raise ValueError("ids: give ids (or entropies) so the row length is known")
+        raise UserError("ids: give ids (or entropies) so the row length is known")
     starts = start_mask(np, rule, length=shape[1], include_next=include_next, ids=ref,
                         entropies=h, batch=shape[0])
     out = lengths_from_starts(starts)
@@ -278,7 +279,7 @@ def patch_lengths_from_entropies(entropies: Any, threshold: float = DEFAULT_THRE
                                  threshold_add: float | None = None) -> np.ndarray:
     """Entropy patching on host arrays (1-D row or (B, L) batch)."""
     if mode not in ENTROPY_MODES:
-        raise ValueError(f"mode: entropy patching takes one of {ENTROPY_MODES}, got {mode!r}")
+        raise UserError(f"mode: entropy patching takes one of {ENTROPY_MODES}, got {mode!r}")
     return patch_lengths(None, entropies, mode=mode, threshold=threshold,
                          threshold_add=threshold_add, include_next=include_next,
                          max_patch_length=max_patch_length)
@@ -293,14 +294,14 @@ def threshold_for_target_patch_size(entropies: Sequence[Any] | np.ndarray, targe
     training). It grows monotonically with θ for the global rule, which bisection relies on.
     """
     if mode not in ("global", "monotonic"):
-        raise ValueError(f"mode: threshold search supports 'global' and 'monotonic', got {mode!r}")
+        raise UserError(f"mode: threshold search supports 'global' and 'monotonic', got {mode!r}")
     docs = [np.asarray(e, np.float32).reshape(-1) for e in
             (entropies if isinstance(entropies, (list, tuple)) else np.atleast_2d(entropies))]
     docs = [d for d in docs if d.size]
     if not docs:
-        raise ValueError("entropies: no non-empty document to measure patch sizes on")
+        raise UserError("entropies: no non-empty document to measure patch sizes on")
     if not target >= 1.0:
-        raise ValueError(f"target: mean bytes per patch must be >= 1, got {target}")
+        raise UserError(f"target: mean bytes per patch must be >= 1, got {target}")
     for d in docs:
         _check_entropies(d[None])
     n_bytes = sum(d.size for d in docs)
@@ -341,7 +342,7 @@ class PatchBuffer(NamedTuple):
 
 def _check_p_max(p_max: int) -> None:
     if int(p_max) < 2:
-        raise ValueError(f"p_max: the patch buffer needs at least 2 patches, got {p_max}")
+        raise UserError(f"p_max: the patch buffer needs at least 2 patches, got {p_max}")
 
 
 def patch_ids_from_lengths(lengths_BxP: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
@@ -370,10 +371,10 @@ def patch_buffer(*, p_max: int, ids: jax.Array | None = None, entropies: jax.Arr
     _check_p_max(p_max)
     ref = entropies if rule.needs_entropies else ids
     if ref is None:
-        raise ValueError(f"{'entropies' if rule.needs_entropies else 'ids'}: needed by mode "
-                         f"{rule.mode!r}")
+        raise UserError(f"{'entropies' if rule.needs_entropies else 'ids'}: needed by mode "
+                        f"{rule.mode!r}")
     if ref.ndim != 2:
-        raise ValueError(f"ids/entropies: expected (B, N) arrays, got shape {ref.shape}")
+        raise UserError(f"ids/entropies: expected (B, N) arrays, got shape {ref.shape}")
     b, n = ref.shape
     starts_BxT = start_mask(jnp, rule, length=n, include_next=True, ids=ids, entropies=entropies,
                             batch=b, row_lengths=row_lengths)
