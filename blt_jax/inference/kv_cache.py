@@ -119,12 +119,23 @@ class Cached:
             mask_new &= own < self.window
         if self.valid is not None:  # invalid entries are seen by no other position
             mask_new &= self.valid[:, None, :] | (own == 0)
-        return attend_stored(q_BxLxHxD, self.cache.k, self.cache.v, mask_old, k_BxLxGxD,
-                             v_BxLxGxD, mask_new)
+        out = attend_stored(q_BxLxHxD, self.cache.k, self.cache.v, mask_old, k_BxLxGxD,
+                            v_BxLxGxD, mask_new)
+        self._read = out.ravel()[0]
+        return out
 
     def committed(self, keep_invalid: bool = False) -> Cache:
-        k, v = self.new
-        return write(self.cache, k, v, self.pos, self.seg, self.ring, self.valid, keep_invalid)
+        """The cache with the new entries written, ordered after the reads of this call.
+
+        XLA writes a loop-carried cache in place only when the write provably follows every
+        read of the old buffer; an update that does not depend on the reads makes it copy the
+        whole cache (each layer, every step). A zero derived from the attention output gives
+        the write that dependence.
+        """
+        zero = jnp.nan_to_num(self._read, posinf=0.0, neginf=0.0) * 0.0
+        k, v = (x + zero.astype(x.dtype) for x in self.new)
+        pos, seg = (x + zero.astype(x.dtype) for x in (self.pos, self.seg))
+        return write(self.cache, k, v, pos, seg, self.ring, self.valid, keep_invalid)
 
 
 def attend_stored(q_BxLxHxD: jax.Array, kt_BxGxDxS: jax.Array, v_BxGxSxD: jax.Array,
