@@ -25,6 +25,13 @@ _NEG = -1e30
 _MAP_SCORES = 1 << 21
 
 
+def precision(*xs: jax.Array) -> jax.lax.Precision | None:
+    """The one matmul-precision rule: HIGHEST when every operand is float32 (an fp32 config,
+    e.g. an imported model), so TPU/GPU defaults (bf16 passes, TF32) cannot quietly lower what
+    fp32 asked for; None (the backend default) for bf16 compute."""
+    return jax.lax.Precision.HIGHEST if all(x.dtype == jnp.float32 for x in xs) else None
+
+
 def _softmax(scores: jax.Array, mask: jax.Array) -> jax.Array:
     """fp32 softmax over the last axis that is exactly 0 on fully masked rows (no NaN).
 
@@ -65,9 +72,9 @@ def _attend(q_XxRxQxD: jax.Array, k_XxKxD: jax.Array, v_XxKxD: jax.Array,
     """The attention core over any leading batch dims X: R query heads share one kv head."""
     scale = 1.0 / math.sqrt(q_XxRxQxD.shape[-1])
     s = jnp.einsum("...rqd,...kd->...rqk", q_XxRxQxD * scale, k_XxKxD,
-                   preferred_element_type=jnp.float32)
-    w = _softmax(s, mask_XxQxK[..., None, :, :])
-    return jnp.einsum("...rqk,...kd->...rqd", w.astype(v_XxKxD.dtype), v_XxKxD)
+                   preferred_element_type=jnp.float32, precision=precision(q_XxRxQxD, k_XxKxD))
+    w = _softmax(s, mask_XxQxK[..., None, :, :]).astype(v_XxKxD.dtype)
+    return jnp.einsum("...rqk,...kd->...rqd", w, v_XxKxD, precision=precision(w, v_XxKxD))
 
 
 def _map_heads(q_BxGx: jax.Array, k_BxGx: jax.Array, v_BxGx: jax.Array,
@@ -181,7 +188,8 @@ def encoder_cross_attention(q_BxPxKxHxD: jax.Array, k_BxNxHxD: jax.Array, v_BxNx
     b, p, kk, h, d = q_BxPxKxHxD.shape
     q_BxNxKxHxD = jnp.take_along_axis(q_BxPxKxHxD, patch_ids_BxN[:, :, None, None, None], axis=1)
     s_BxNxKxH = jnp.einsum("bnkhd,bnhd->bnkh", q_BxNxKxHxD, k_BxNxHxD,
-                           preferred_element_type=jnp.float32) / math.sqrt(d)
+                           preferred_element_type=jnp.float32,
+                           precision=precision(q_BxNxKxHxD, k_BxNxHxD)) / math.sqrt(d)
     top_BxPxKxH = jax.lax.stop_gradient(_segment(jax.ops.segment_max, s_BxNxKxH, patch_ids_BxN, p))
     e_BxNxKxH = jnp.exp(s_BxNxKxH - jnp.take_along_axis(
         top_BxPxKxH, patch_ids_BxN[:, :, None, None], axis=1))
@@ -201,9 +209,10 @@ def decoder_cross_attention(q_BxNxHxD: jax.Array, k_BxPxKxHxD: jax.Array, v_BxPx
     k_BxNxKxHxD = jnp.take_along_axis(k_BxPxKxHxD, idx, axis=1)
     v_BxNxKxHxD = jnp.take_along_axis(v_BxPxKxHxD, idx, axis=1)
     s_BxNxHxK = jnp.einsum("bnhd,bnkhd->bnhk", q_BxNxHxD, k_BxNxKxHxD,
-                           preferred_element_type=jnp.float32) / math.sqrt(d)
+                           preferred_element_type=jnp.float32,
+                           precision=precision(q_BxNxHxD, k_BxNxKxHxD)) / math.sqrt(d)
     w = jax.nn.softmax(s_BxNxHxK, axis=-1).astype(v_BxNxKxHxD.dtype)
-    return jnp.einsum("bnhk,bnkhd->bnhd", w, v_BxNxKxHxD)
+    return jnp.einsum("bnhk,bnkhd->bnhd", w, v_BxNxKxHxD, precision=precision(w, v_BxNxKxHxD))
 
 
 # ---------------------------------------------------------------------------------------------

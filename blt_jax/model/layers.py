@@ -3,7 +3,8 @@ the pre-norm transformer block and the double-residual cross-attention.
 
 Weights are stored (in, out) with the reference's names (wq, wk, wv, wo, w1, w2, w3,
 attention_norm, ffn_norm, ...) so checkpoint conversion is a transpose. Parameters are fp32 and
-carry `logical_axes` metadata for sharding.py; matmuls run in the configured compute dtype.
+carry `logical_axes` metadata for sharding.py; matmuls run in the configured compute dtype (fp32
+ones at HIGHEST precision: attention.precision).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class Linear(nnx.Module):
         # A 2-D dot: on (B, L, D) inputs XLA:CPU inserts transposes that also swallow the
         # neighbouring elementwise work (FFN forward+backward 650 -> 290 ms at the bench shape).
         w = self.kernel[...].astype(self.dtype)
-        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), w)
+        x2 = x.reshape(-1, x.shape[-1]).astype(self.dtype)
+        y = jnp.dot(x2, w, precision=attention.precision(x2, w))
         return y.reshape(x.shape[:-1] + (w.shape[1],))
 
 
