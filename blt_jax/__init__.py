@@ -21,7 +21,8 @@ __version__ = "0.1.0"
 
 
 def load(path, step=None, mesh=None, **options):
-    """Opens a blt-jax workdir (see blt_jax.inference.api.load for `mesh`, `max_context`)."""
+    """Opens a blt-jax workdir (see blt_jax.inference.api.load for `mesh`, `max_context`,
+    `entropy_context`)."""
     from blt_jax.inference import api
 
     return api.load(path, step, mesh, **options)

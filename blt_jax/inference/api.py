@@ -22,20 +22,28 @@ class Model:
     """A loaded model: `.logits`, `.entropies`, `.patch_lengths` (and `.generate`)."""
 
     def __init__(self, workdir: str | pathlib.Path, step: int | None = None,
-                 mesh: jax.sharding.Mesh | None = None, max_context: int = 4096):
+                 mesh: jax.sharding.Mesh | None = None, max_context: int = 4096,
+                 entropy_context: int | None = None):
         if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 2:
             raise UserError(f"max_context: expected an integer >= 2 (prompt + new ids per row), "
                             f"got {max_context!r}")
+        check_entropy_context(entropy_context)
         self.max_context = max_context  # prompt + new ids per row for generate() / stream()
         self.workdir = paths.path(workdir)
-        self.config, weights, self.step = factory.load_weights(workdir, step, mesh)
-        self.kind = kinds.of(self.config)
+        self.kind = kinds.of(factory.read_config(workdir))
+        own = {"entropy_context": entropy_context} \
+            if entropy_context is not None and self.kind.scores_entropies else None
+        self.config, weights, self.step = factory.load_weights(workdir, step, mesh, own)
         self.model_config = weights.config
         self.graphdef, self.params = weights.graphdef, weights.params
         self.module = nnx.merge(self.graphdef, self.params)
         patcher_dir = self.kind.patcher_dir(self.config)
-        self.entropy_model: Model | None = \
-            Model(self.workdir / patcher_dir, mesh=mesh) if patcher_dir else None
+        self.entropy_model: Model | None = Model(
+            self.workdir / patcher_dir, mesh=mesh, entropy_context=entropy_context) \
+            if patcher_dir else None
+        if entropy_context is not None and not (own or self.entropy_model):
+            raise UserError(f"entropy_context: a {self.kind} workdir without an entropy model "
+                            "computes no entropies; drop entropy_context")
         self.patching_rule = self.kind.patch_rule(self.model_config)
         self.codec = self.kind.codec(self.workdir)
         self.tokenizer = self.codec.tokenizer  # the BPE tokenizer (None: byte ids)
@@ -144,14 +152,26 @@ def tokenizer_bytes(text: Any) -> bytes:
     return to_bytes(text)
 
 
+def check_entropy_context(value: int | None) -> None:
+    """None (as recorded), 0 (no reset) or a positive reset period in ids."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise UserError(f"entropy_context: expected None, 0 (never reset) or ids per entropy "
+                        f"context (the reference: 8192), got {value!r}")
+
+
 def load(path: str | pathlib.Path, step: int | None = None,
-         mesh: jax.sharding.Mesh | None = None, max_context: int = 4096) -> Model:
+         mesh: jax.sharding.Mesh | None = None, max_context: int = 4096,
+         entropy_context: int | None = None) -> Model:
     """Opens a workdir written by blt-jax (training, or `blt-jax import-reference`).
 
     With `mesh`, parameters are restored directly into that mesh's shards (any mesh shape);
     `max_context` bounds prompt + new ids per row in generation (it sizes the caches).
+    `entropy_context` restarts the entropy model's context every that many ids when it scores
+    patching entropies (8192: what the reference does; 0: never, blt-jax's default; None: what
+    the workdir's entropy model config records, `import-reference --entropy-context`).
+    Generation's incremental entropies keep one context per row.
     """
     p = paths.path(path)
     if not p.is_dir():
         raise UserError(f"path: {path} is not a directory; give a blt-jax workdir")
-    return Model(p, step, mesh, max_context)
+    return Model(p, step, mesh, max_context, entropy_context)

@@ -18,7 +18,6 @@ from blt_jax import config, paths
 from blt_jax.errors import UserError
 from blt_jax.model import kinds
 from blt_jax.model.blt import check_inputs
-from blt_jax.model.transformer import entropies
 from blt_jax.scale import sharding
 from blt_jax.training import checkpoint
 
@@ -53,14 +52,17 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def load_weights(workdir: str | pathlib.Path, step: int | None = None,
-                 mesh: jax.sharding.Mesh | None = None
+                 mesh: jax.sharding.Mesh | None = None, model_overrides: dict | None = None
                  ) -> tuple[ml_collections.ConfigDict, Weights, int]:
     """(run config, weights, step) of a workdir's checkpoint (the latest unless `step`).
 
     With `mesh` the parameters are restored straight into its shards; without, as one whole
-    copy on this process's first device (meaningful with many processes).
+    copy on this process's first device (meaningful with many processes). `model_overrides`
+    replace model-config fields that leave the parameters as they are (e.g. entropy_context)
+    before the network is built, so every path that merges the graph sees them.
     """
     cfg = read_config(workdir)
+    cfg.model.update(model_overrides or {})
     graphdef, abstract = abstract_model(config.validate(cfg.model))
     if mesh is not None:
         shardings = sharding.state_shardings(abstract, mesh)
@@ -75,7 +77,7 @@ def load_weights(workdir: str | pathlib.Path, step: int | None = None,
 
 def entropy_fn(weights: Weights) -> Callable[[Any], np.ndarray]:
     """Host ids (B, N) -> next-byte entropies (B, N) in nats under an entropy model."""
-    jitted = jax.jit(lambda p, ids: entropies(nnx.merge(weights.graphdef, p), ids))
+    jitted = jax.jit(lambda p, ids: kinds.entropies(nnx.merge(weights.graphdef, p), ids))
 
     def fn(ids: Any) -> np.ndarray:
         ids = np.atleast_2d(np.asarray(ids, np.int32))

@@ -24,6 +24,7 @@ from blt_jax import config
 from blt_jax.errors import UserError
 from blt_jax.model import flops
 from blt_jax.model.blt import BLT, check_inputs, patch_from_ids
+from blt_jax.model import transformer
 from blt_jax.model.transformer import Transformer
 from blt_jax.text import bpe, patching
 from blt_jax.text.tokenizer import EOS_ID, VOCAB_SIZE, decode_bytes, encode
@@ -236,6 +237,8 @@ class Blt(Kind):
             patch_ids, decoder_ids = patching.patch_ids_from_lengths(lengths, batch["ids"].shape[1])
             return patching.PatchBuffer(lengths, patch_ids, decoder_ids,
                                         jnp.zeros(lengths.shape[:1], jnp.int32))
+        if rule.needs_entropies and "entropies" not in batch and patcher is not None:
+            batch = dict(batch, entropies=jax.lax.stop_gradient(entropies(patcher, batch["ids"])))
         if "entropies" in batch and rule.needs_entropies:
             return patching.patch_buffer(p_max=p_max, ids=batch["ids"],
                                          entropies=batch["entropies"], rule=rule)
@@ -282,6 +285,23 @@ class Blt(Kind):
                         ) -> dict[str, float]:
         fl = flops.blt_flops_per_byte(model_cfg, bytes_per_patch or 1.0, n_ctx, patcher_cfg)
         return {"flops_per_byte": fl["blt"], "flops_per_byte_with_entropy": fl["total"]}
+
+
+def entropies(entropy_model: Transformer, ids_BxN: jax.Array) -> jax.Array:
+    """A patcher's entropies (B, N), fp32: every patching path scores through here.
+
+    With ``entropy_context`` (its model config) > 0, the context restarts every that many ids
+    of a row, as the reference scores independent 8,192-id chunks (its tail padded with id 0,
+    which causal attention never lets an earlier position see); unset or 0 (blt-jax's
+    default): one context per row, limited only by the attention window.
+    """
+    every = int(entropy_model.cfg.get("entropy_context") or 0)
+    b, n = ids_BxN.shape
+    if every <= 0 or n <= every:
+        return transformer.entropies(entropy_model, ids_BxN)
+    pad = -n % every
+    chunks = jnp.pad(ids_BxN, ((0, 0), (0, pad))).reshape(b * (n + pad) // every, every)
+    return transformer.entropies(entropy_model, chunks).reshape(b, n + pad)[:, :n]
 
 
 class EntropyModel(Kind):

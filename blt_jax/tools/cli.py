@@ -101,6 +101,9 @@ def _import_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="new workdir to write (must not exist or be empty)")
     p.add_argument("--entropy-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="entropy model compute dtype (bfloat16: as the reference runs it)")
+    p.add_argument("--entropy-context", type=int, default=0, metavar="IDS",
+                   help="restart the entropy model's context every IDS ids when scoring patch "
+                   "entropies (8192: as the reference does; 0, the default: never)")
 
 
 @command("import-reference", "convert released BLT weights into a blt-jax workdir", _import_args)
@@ -108,7 +111,7 @@ def _import_reference(args: argparse.Namespace, extra: list[str]) -> str:
     from blt_jax.tools import reference_import
 
     out = reference_import.import_reference(args.blt, args.out, args.entropy,
-                                             args.entropy_dtype)
+                                             args.entropy_dtype, args.entropy_context)
     return f"wrote {out} (open it with blt_jax.load({out!r}))"
 
 

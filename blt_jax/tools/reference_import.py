@@ -333,15 +333,22 @@ def _write_workdir(out: pathlib.Path, kind: str, model_cfg: ml_collections.Confi
 
 
 def import_reference(blt_src: str, out: str, entropy_src: str | None = None,
-                     entropy_dtype: str = "float32") -> str:
+                     entropy_dtype: str = "float32", entropy_context: int = 0) -> str:
     """Converts released weights into a workdir at `out` (refuses to overwrite one).
 
     entropy_dtype: the entropy model's compute dtype. float32 (default) gives the exact
     entropies of the weights; bfloat16 is what the reference runs (its loader sets the torch
     default dtype to bf16), so patch boundaries near θ match the reference more often.
+    entropy_context: ids after which the entropy model's context restarts when it scores
+    patching entropies; 8192 is what the reference does (independent 8,192-id chunks), 0
+    (default) never restarts. Both are recorded in entropy_model/config.json.
     """
     if entropy_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"entropy_dtype: float32 or bfloat16, got {entropy_dtype!r}")
+        raise UserError(f"entropy_dtype: float32 or bfloat16, got {entropy_dtype!r}")
+    if isinstance(entropy_context, bool) or not isinstance(entropy_context, int) \
+            or entropy_context < 0:
+        raise UserError(f"entropy_context: ids per context >= 1 (the reference: 8192), or 0 "
+                        f"for none, got {entropy_context!r}")
     out_p = pathlib.Path(out)
     if out_p.exists() and any(out_p.iterdir()):
         raise UserError(f"out: {out} exists and is not empty; choose a new directory")
@@ -375,7 +382,7 @@ def import_reference(blt_src: str, out: str, entropy_src: str | None = None,
     ent_params = transformer_params_from_state_dict(ent_sd, ent_cfg, ent_naming, ent_prefix) \
         if ent_cfg is not None else None
     if ent_params is not None:
-        ent_cfg.dtype = entropy_dtype
+        ent_cfg.update(dtype=entropy_dtype, entropy_context=entropy_context)
         _write_workdir(out_p / "entropy_model", "entropy", ent_cfg, ent_params,
                        str(entropy_src or blt_src))
     _write_workdir(out_p, "blt", model_cfg, params, str(blt_src),
