@@ -103,50 +103,102 @@ def write_safetensors(path, tensors):
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"".join(blobs))
 
 
-HF_NAMES = [("attention_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm"),
-            ("attention.", "self_attn."), ("feed_forward.", "mlp."), ("w1", "gate_proj"),
-            ("w2", "down_proj"), ("w3", "up_proj"), ("wq", "q_proj"), ("wk", "k_proj"),
-            ("wv", "v_proj"), ("wo", "o_proj"), ("cross_attn_norm_q", "q_norm"),
-            ("cross_attn_norm_kv", "k_norm"), ("tok_embeddings", "embed_tokens")]
+# transformers' BltForCausalLM (models/blt/modeling_blt.py) module by module, written from its
+# source, not from the importer: HF name -> the reference tensor holding the same matrix.
+HF_LAYER = {  # BltTransformerLayer: down_proj(silu(gate_proj x) * up_proj x) = w2(silu(w1 x) * w3 x)
+    "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
+    "mlp.gate_proj": "feed_forward.w1", "mlp.up_proj": "feed_forward.w3",
+    "mlp.down_proj": "feed_forward.w2", "input_layernorm": "attention_norm",
+    "post_attention_layernorm": "ffn_norm"}
+HF_CROSS = {"q_proj": "wq", "k_proj": "wk", "v_proj": "wv", "o_proj": "wo",  # BltCrossAttention
+            "q_norm": "cross_attn_norm_q", "k_norm": "cross_attn_norm_kv"}
 
 
-def hf_name(k):
-    for a, b in HF_NAMES:
-        k = k.replace(a, b)
-    return k
+def hf_checkpoint(blt, ent, layers=2):
+    """The tiny fixture as a Hugging Face BLT checkpoint (2 layers per stack, cross-attention in
+    every local layer, k·d_E != d_G so the global model has its input projection)."""
+    sd = {"lm_head.weight": blt["local_decoder.output.weight"],
+          "model.encoder_hash_tok_embedding.weight": np.concatenate(
+              [blt[f"encoder_hash_tok_embedding.{t}.weight"] for t in range(4)]),
+          "model.local_encoder.embed_tokens.weight": blt["local_encoder.tok_embeddings.weight"],
+          "model.patcher.embed_tokens.weight": ent["tok_embeddings.weight"],
+          "model.patcher.norm.weight": ent["norm.weight"],
+          "model.patcher.lm_head.weight": ent["output.weight"]}
+    for name in ("local_encoder.patch_embedding_projection", "local_decoder.patch_embedding_projection",
+                 "global_transformer.token_embedding_projection", "local_decoder.norm"):
+        sd[f"model.{name}.weight"] = blt[f"{name}.weight"]
+    for i in range(layers):
+        for hf, ref in HF_LAYER.items():
+            for stack in ("local_encoder", "global_transformer", "local_decoder"):
+                sd[f"model.{stack}.layers.{i}.{hf}.weight"] = blt[f"{stack}.layers.{i}.{ref}.weight"]
+            sd[f"model.patcher.layers.{i}.{hf}.weight"] = ent[f"layers.{i}.{ref}.weight"]
+        for hf, ref in HF_CROSS.items():
+            for stack in ("local_encoder", "local_decoder"):
+                sd[f"model.{stack}.cross_attn_layers.{i}.{hf}.weight"] = \
+                    blt[f"{stack}.cross_attn_layers.{i}.{ref}.weight"]
+    return sd
+
+
+def test_hf_checkpoint_names_are_transformers_names(weights):
+    sd = hf_checkpoint(*weights)
+    assert len(sd) == 106  # 32 encoder + 19 global + 32 decoder + head + hash + 21 patcher
+    for name in ("model.local_encoder.layers.1.post_attention_layernorm.weight",
+                 "model.local_decoder.cross_attn_layers.1.k_norm.weight",
+                 "model.global_transformer.layers.0.self_attn.k_proj.weight",
+                 "model.patcher.layers.0.mlp.gate_proj.weight", "model.patcher.lm_head.weight"):
+        assert name in sd
+    blt, ent = weights  # every released tensor has exactly one place (hash tables fused)
+    assert sum(v.size for v in sd.values()) == sum(v.size for v in blt.values()) + \
+        sum(v.size for v in ent.values())
+
+
+def test_hf_importer_consumes_exactly_those_names(weights):
+    sd = hf_checkpoint(*weights)
+    blt_cfg, ent_cfg = ri.configs_from_hf(hf_tiny_config())
+    ri.blt_params_from_state_dict(sd, blt_cfg, "hf")  # strict: no name left over or missing
+    ri.transformer_params_from_state_dict(sd, ent_cfg, "hf", "model.patcher.")
+    for name in ("model.local_decoder.cross_attn_layers.0.q_norm.weight",
+                 "model.local_encoder.layers.0.mlp.up_proj.weight",
+                 "model.global_transformer.token_embedding_projection.weight", "lm_head.weight"):
+        missing = {k: v for k, v in sd.items() if k != name}
+        with pytest.raises((ValueError, KeyError), match=name):
+            ri.blt_params_from_state_dict(missing, blt_cfg, "hf")
+    missing = {k: v for k, v in sd.items() if k != "model.patcher.layers.1.input_layernorm.weight"}
+    with pytest.raises(ValueError, match="model.patcher.layers.1.input_layernorm.weight"):
+        ri.transformer_params_from_state_dict(missing, ent_cfg, "hf", "model.patcher.")
+    with pytest.raises(ValueError, match="no place"):
+        ri.blt_params_from_state_dict(dict(sd, **{"model.local_encoder.extra.weight": np.zeros(2)}),
+                                      blt_cfg, "hf")
+
+
+def hf_tiny_config():
+    sub = lambda d, h, l, extra: dict(  # noqa: E731
+        dict(hidden_size=d, num_attention_heads=h, num_hidden_layers=l, rms_norm_eps=1e-5,
+             rope_theta=500000.0, intermediate_size={32: 96, 48: 128}[d]), **extra)
+    return dict(model_type="blt", patching_mode="entropy", patching_threshold=1.335442066192627,
+                cross_attn_k=2, encoder_hash_byte_group_size=[3, 4],
+                encoder_hash_byte_group_vocab=97, encoder_hash_byte_group_nb_functions=2,
+                encoder_config=sub(32, 4, 2, dict(cross_attn_all_layers=True, sliding_window=8,
+                                                   num_key_value_heads=4)),
+                decoder_config=sub(32, 4, 2, dict(cross_attn_all_layers=True)),
+                global_config=sub(48, 4, 2, dict(num_key_value_heads=2)),
+                patcher_config=dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=2,
+                                    rms_norm_eps=1e-5, rope_theta=10000.0, intermediate_size=256))
 
 
 def test_hugging_face_folder(tmp_path, weights):
     blt, ent = weights
     m = json.loads((REF / "params.json").read_text())["model"]
-    sd = {}
-    for k, v in blt.items():
-        if k.startswith("encoder_hash_tok_embedding"):
-            continue
-        sd["lm_head.weight" if k == "local_decoder.output.weight" else "model." + hf_name(k)] = v
-    sd["model.encoder_hash_tok_embedding.weight"] = np.concatenate(
-        [blt[f"encoder_hash_tok_embedding.{t}.weight"] for t in range(4)])
-    for k, v in ent.items():
-        sd["model.patcher." + hf_name(k).replace("output", "lm_head")] = v
+    sd = hf_checkpoint(blt, ent)
     src = tmp_path / "hf"
     src.mkdir()
     write_safetensors(src / "model.safetensors", sd)
-    sub = lambda d, h, l, extra: dict(  # noqa: E731
-        dict(hidden_size=d, num_attention_heads=h, num_hidden_layers=l, rms_norm_eps=1e-5,
-             rope_theta=500000.0, intermediate_size={32: 96, 48: 128}[d]), **extra)
-    hf_cfg = dict(model_type="blt", patching_mode="entropy", patching_threshold=1.335442066192627,
-                  cross_attn_k=2, encoder_hash_byte_group_size=[3, 4],
-                  encoder_hash_byte_group_vocab=97, encoder_hash_byte_group_nb_functions=2,
-                  encoder_config=sub(32, 4, 2, dict(cross_attn_all_layers=True, sliding_window=8,
-                                                     num_key_value_heads=4)),
-                  decoder_config=sub(32, 4, 2, dict(cross_attn_all_layers=True)),
-                  global_config=sub(48, 4, 2, dict(num_key_value_heads=2)),
-                  patcher_config=dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=2,
-                                      rms_norm_eps=1e-5, rope_theta=10000.0, intermediate_size=256))
+    hf_cfg = hf_tiny_config()
     (src / "config.json").write_text(json.dumps(hf_cfg))
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="intermediate_size"):  # shapes are checked, not guessed
-        bad = dict(hf_cfg, global_config=sub(48, 4, 2, dict(intermediate_size=100)))
+        bad = dict(hf_cfg, global_config=dict(hf_cfg["global_config"], intermediate_size=100))
         (src / "config.json").write_text(json.dumps(bad))
         ri.import_reference(str(src), str(out))
     (src / "config.json").write_text(json.dumps(hf_cfg))
