@@ -145,7 +145,7 @@ def sync(args: argparse.Namespace) -> list[Step]:
             scp(args, archive, archive),
             ssh(args, f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && tar -xzf "
                       f"{archive} -C {REMOTE_DIR} && {VENV}/bin/pip install -q "
-                      '-e "$HOME/blt-jax[tpu]"')]
+                      '-e "$HOME/blt-jax[tpu]" gcsfs')]  # gcsfs: how epath reaches gs://
 
 
 def train_command(args: argparse.Namespace) -> str:
