@@ -171,9 +171,12 @@ def start(args: argparse.Namespace) -> list[Step]:
     run = (f"{env} && {supervisor} {train_command(args)} >> ~/logs/$(hostname).log 2>&1"
            f" && {UNCRON}")
     reboot = f"@reboot tmux new -d -s {SESSION} \"bash $HOME/{RUN_SCRIPT[2:]}\""
-    return [ssh(args, " && ".join([
-        "mkdir -p ~/logs",
-        f"printf '%s\\n' {shlex.quote(run)} > {RUN_SCRIPT}",
+    busy = (f"{{ ! tmux has-session -t {SESSION} 2>/dev/null || {{ echo \"start: a run is "
+            f"going on $(hostname) (tmux session {SESSION}); stop it first\" >&2; false; }}; }}")
+    return [ssh(args, " && ".join([  # busy first: a running script must not be rewritten
+        busy, "mkdir -p ~/logs",
+        f"printf '%s\\n' {shlex.quote(run)} > {RUN_SCRIPT}.new",
+        f"mv {RUN_SCRIPT}.new {RUN_SCRIPT}",
         f"({CRONTAB_L}; echo {shlex.quote(reboot)}) | crontab -",
         f"tmux new -d -s {SESSION} {shlex.quote('bash ' + RUN_SCRIPT)}"]))]
 

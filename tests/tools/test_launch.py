@@ -190,7 +190,9 @@ def fake_worker(tmp_path):
     home, bin_ = tmp_path / "home", tmp_path / "bin"
     home.mkdir()
     bin_.mkdir()
-    (bin_ / "tmux").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$HOME/tmux.args"\n')
+    (bin_ / "tmux").write_text('#!/bin/sh\nif [ "$1" = has-session ]; then '
+                               'test -e "$HOME/session"; exit; fi\n'
+                               'printf "%s\\n" "$@" > "$HOME/tmux.args"\n')
     # like the real one, `crontab -` replaces the table only after reading all of its input
     (bin_ / "crontab").write_text('#!/bin/sh\nif [ "$1" = "-l" ]; then cat "$HOME/cron" '
                                   '2>/dev/null; else cat > "$HOME/cron.new" && '
@@ -229,6 +231,18 @@ def test_restart_start_writes_the_supervised_run_script(tmp_path, slices):
     subprocess.run(["bash", "-c", remote_command(["stop"])], env=env, check=True)
     assert (home / "cron").read_text().splitlines() == ["0 * * * * other-job"]
     assert (home / "tmux.args").read_text().split("\n")[:3] == ["kill-session", "-t", "blt"]
+
+
+def test_restart_start_refuses_while_a_run_is_going(tmp_path):
+    home, env = fake_worker(tmp_path)
+    (home / "session").write_text("")  # tmux has-session -t blt succeeds
+    (home / "blt-run.sh").write_text("the running script\n")
+    r = subprocess.run(["bash", "-c", remote_command([*START, "--restart-on-preemption"])],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert r.stderr.startswith("start: a run is going on ") and "stop it first" in r.stderr
+    assert (home / "blt-run.sh").read_text() == "the running script\n"
+    assert not (home / "cron").exists() and not (home / "tmux.args").exists()
 
 
 TRAIN = """import json, pathlib, signal, sys, time
