@@ -101,6 +101,7 @@ def scp(args: argparse.Namespace, src: str, dest: str) -> list[str]:
 
 
 def create(args: argparse.Namespace) -> list[Step]:
+    """A TPU VM, or a queued resource (N nodes for multislice) and the wait for ACTIVE."""
     version = args.version or runtime_for(args.accelerator)
     spot = ["--spot"] if args.spot else []
     if not args.queued:
@@ -118,6 +119,7 @@ def create(args: argparse.Namespace) -> list[Step]:
 
 
 def setup(args: argparse.Namespace) -> list[Step]:
+    """Python 3.12 venv and tmux on every worker; gcsfuse and a mount only with --bucket."""
     steps = ["sudo apt-get update -q",
              "sudo apt-get install -yq software-properties-common tmux curl lsb-release",
              "sudo add-apt-repository -y ppa:deadsnakes/ppa",
@@ -140,6 +142,7 @@ def setup(args: argparse.Namespace) -> list[Step]:
 
 
 def sync(args: argparse.Namespace) -> list[Step]:
+    """The committed tree (git archive HEAD) to every worker, installed into the venv."""
     archive = "/tmp/blt-jax.tar.gz"
     return [["git", "archive", "--format=tar.gz", "-o", archive, "HEAD"],
             scp(args, archive, archive),
@@ -149,6 +152,7 @@ def sync(args: argparse.Namespace) -> list[Step]:
 
 
 def train_command(args: argparse.Namespace) -> str:
+    """The `blt-jax train` line every worker runs (multislice: with mesh.dcn_shape)."""
     overrides = list(args.overrides)
     if multislice(args) and not any(o.startswith("--config.mesh.dcn_shape=") for o in overrides):
         # one slice per DCN step of the data axis; mesh.shape stays per slice
@@ -158,6 +162,7 @@ def train_command(args: argparse.Namespace) -> str:
 
 
 def start(args: argparse.Namespace) -> list[Step]:
+    """Training under tmux on every worker; with restarts, supervised and re-run at boot."""
     if not args.config or not args.workdir:
         raise LaunchError("start: --config and --workdir are required")
     env = f"cd {REMOTE_DIR} && export JAX_COMPILATION_CACHE_DIR={args.workdir}/xla_cache"
