@@ -147,19 +147,22 @@ def attend_stored(q_BxLxHxD: jax.Array, kt_BxGxDxS: jax.Array, v_BxGxSxD: jax.Ar
     b, nq, h, d = q_BxLxHxD.shape
     g, size = kt_BxGxDxS.shape[1], kt_BxGxDxS.shape[3]
     q = (q_BxLxHxD / math.sqrt(d)).reshape(b, nq, g, h // g, d).transpose(0, 2, 3, 1, 4)
-    s = jnp.einsum("bgrqd,bgdk->bgrqk", q, kt_BxGxDxS, preferred_element_type=jnp.float32)
+    prec = attention.precision(q, kt_BxGxDxS)  # the model's one precision rule
+    s = jnp.einsum("bgrqd,bgdk->bgrqk", q, kt_BxGxDxS, preferred_element_type=jnp.float32,
+                   precision=prec)
     mask = mask_BxLxS
     if k_BxLxGxD is not None:
         k_new, v_new = (x.transpose(0, 2, 1, 3).astype(v_BxGxSxD.dtype)
                         for x in (k_BxLxGxD, v_BxLxGxD))
-        s_new = jnp.einsum("bgrqd,bgkd->bgrqk", q, k_new, preferred_element_type=jnp.float32)
+        s_new = jnp.einsum("bgrqd,bgkd->bgrqk", q, k_new, preferred_element_type=jnp.float32,
+                           precision=prec)
         s = jnp.concatenate([s, s_new], -1)
         mask = jnp.concatenate([mask_BxLxS, mask_BxLxL], axis=-1)
     w = jax.nn.softmax(jnp.where(mask[:, None, None], s, -jnp.inf), axis=-1)
     w = w.astype(v_BxGxSxD.dtype)
-    out = jnp.einsum("bgrqk,bgkd->bgrqd", w[..., :size], v_BxGxSxD)
+    out = jnp.einsum("bgrqk,bgkd->bgrqd", w[..., :size], v_BxGxSxD, precision=prec)
     if k_BxLxGxD is not None:
-        out = out + jnp.einsum("bgrqk,bgkd->bgrqd", w[..., size:], v_new)
+        out = out + jnp.einsum("bgrqk,bgkd->bgrqd", w[..., size:], v_new, precision=prec)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, nq, h, d)
 
 
