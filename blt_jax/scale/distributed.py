@@ -1,13 +1,14 @@
 """Multi-process start-up: `jax.distributed` from flags, environment or Cloud TPU detection.
 
 Order of precedence: explicit arguments (the CLI's --coordinator/--num-processes/--process-id),
-then BLT_JAX_COORDINATOR / BLT_JAX_NUM_PROCESSES / BLT_JAX_PROCESS_ID, then a multi-host Cloud
-TPU VM (TPU_WORKER_HOSTNAMES lists several hosts), where JAX discovers everything itself.
+then BLT_JAX_COORDINATOR / BLT_JAX_NUM_PROCESSES / BLT_JAX_PROCESS_ID, then a Cloud TPU VM of
+a multi-host slice (see :func:`on_multihost_tpu`), where JAX discovers everything itself.
 A single process needs none of it. On CPU the collectives run over gloo (loopback tests).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 
 import jax
@@ -21,8 +22,18 @@ def _env_int(name: str) -> int | None:
 
 
 def on_multihost_tpu() -> bool:
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    """A Cloud TPU VM of a multi-host slice: TPU_WORKER_HOSTNAMES lists several hosts, or the
+    VM has TPU chips and the variable is absent (it may live only in the VM's metadata, which
+    JAX's own cluster detection reads; on a single host that initialises one process)."""
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES")
+    if hosts is None:
+        return _has_tpu_chips()
     return len([h for h in hosts.split(",") if h]) > 1
+
+
+def _has_tpu_chips() -> bool:
+    # TPU VMs expose their chips as /dev/accel* (v4, v5p) or VFIO groups (v5e, v6e).
+    return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
