@@ -40,6 +40,8 @@ class TfdsDocuments(Sequence):
     """Random access to a TFDS split's `text` feature as bytes (str under mock_data)."""
 
     def __init__(self, name: str, split: str, data_dir: str | None, field: str):
+        if data_dir:
+            paths.scheme(data_dir)  # local or gs:// only, one line otherwise
         import tensorflow_datasets as tfds
 
         from blt_jax.pipeline import tfds_text  # noqa: F401  registers the local `blt_text` builder

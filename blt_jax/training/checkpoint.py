@@ -27,6 +27,7 @@ from blt_jax import paths
 CHECKPOINTS = "checkpoints"
 PINS = "pins.json"
 BEST_METRIC = "eval_bpb"
+COMMIT_FILE = "commit_success.txt"  # Orbax's marker of a finished save on GCS
 
 
 def read_pins(workdir: str | os.PathLike) -> set[int]:
@@ -40,10 +41,8 @@ def read_pins(workdir: str | os.PathLike) -> set[int]:
 
 
 def _write_pins(workdir: str | os.PathLike, steps: set[int]) -> None:
-    path = paths.path(workdir) / PINS
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(sorted(steps)))
-    tmp.replace(path)  # atomic on disk: a crash never leaves a half-written pins file
+    # a crash never leaves a half-written pins file (renamed on disk, one upload on GCS)
+    paths.write_text_atomic(paths.path(workdir) / PINS, json.dumps(sorted(steps)))
 
 
 @dataclasses.dataclass
@@ -110,10 +109,16 @@ def restore(mngr: ocp.CheckpointManager, step: int, *, params: Any, opt_state: A
 
 
 def steps(workdir: str | os.PathLike) -> list[int]:
+    """The saved steps. On disk an unfinished save is a ``*.orbax-checkpoint-tmp-*`` folder;
+    on GCS (no atomic rename) Orbax saves into ``<step>/`` and writes ``commit_success.txt``
+    last, so a step without it is an unfinished save, left out here as Orbax leaves it out
+    (its next save of that step replaces it)."""
     root = paths.path(workdir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    remote = paths.is_remote(workdir)
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()
+                  and (not remote or (p / COMMIT_FILE).exists()))
 
 
 def problem(workdir: str | os.PathLike, step: int) -> str | None:
@@ -190,11 +195,10 @@ def restore_params(workdir: str | os.PathLike, abstract_params: Any, step: int |
 
 
 def quarantine(workdir: str | os.PathLike, step: int) -> paths.Path:
-    """Moves a bad step out of Orbax's sight (never deleted) so training can save it anew."""
+    """Moves a bad step out of Orbax's sight (never deleted) so training can save it anew
+    (a rename on disk; on GCS a copy, then the step's objects are removed)."""
     dest = paths.path(workdir) / "corrupt_checkpoints" / f"{step}-{int(time.time())}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    (paths.path(workdir) / CHECKPOINTS / str(step)).rename(dest)
-    return dest
+    return paths.move_tree(paths.path(workdir) / CHECKPOINTS / str(step), dest)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import pathlib
+import os
 import sys
 import time
 from typing import Any
@@ -21,11 +21,13 @@ from blt_jax import paths
 class Writer:
     """Writes scalars to WORKDIR/metrics.jsonl and WORKDIR/tb (process 0 only)."""
 
-    def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True,
+                 tensorboard: bool = True):
         self.enabled = enabled
         self.path = paths.path(workdir) / "metrics.jsonl"
+        self._remote_text: str | None = None  # GCS: the file as last uploaded (no appends)
         self.tb = None
-        if enabled:
+        if enabled and tensorboard:
             from tensorboardX import SummaryWriter
 
             self.tb = SummaryWriter(str(paths.path(workdir) / "tb"))  # gs:// too
@@ -34,8 +36,15 @@ class Writer:
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in scalars.items() if v is not None}
-        paths.append_text(self.path, json.dumps({"step": step, **clean}) + "\n")
-        for k, v in clean.items():
+        line = json.dumps({"step": step, **clean}) + "\n"
+        if paths.is_remote(self.path):  # one upload per row, each the whole file (atomic)
+            if self._remote_text is None:
+                self._remote_text = self.path.read_text() if self.path.exists() else ""
+            self._remote_text += line
+            self.path.write_text(self._remote_text)
+        else:
+            paths.append_text(self.path, line)
+        for k, v in clean.items() if self.tb is not None else ():
             self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
@@ -44,7 +53,7 @@ class Writer:
             self.tb.close()
 
 
-def read(workdir: str | pathlib.Path) -> list[dict[str, float]]:
+def read(workdir: str | os.PathLike) -> list[dict[str, float]]:
     path = paths.path(workdir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 

@@ -76,9 +76,7 @@ def record_start(workdir: paths.Path, cfg: ml_collections.ConfigDict, mesh: Any,
              "command": sys.argv, "changed_on_resume": changed}
     path = workdir / "run.json"
     starts = json.loads(path.read_text())["starts"] if path.exists() else []
-    tmp = workdir / "run.json.tmp"
-    tmp.write_text(json.dumps({"starts": starts + [entry]}, indent=2, default=str))
-    tmp.replace(path)
+    paths.write_text_atomic(path, json.dumps({"starts": starts + [entry]}, indent=2, default=str))
     if changed:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:6])
         print(f"blt-jax train: note: resuming with changed settings: {shown}", file=sys.stderr)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
+import os
 import signal
 import sys
 import time
@@ -45,11 +45,11 @@ def _identity(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"kind": cfg.kind, "model": json.loads(cfg.model.to_json())}
 
 
-def prepare_workdir(cfg: ml_collections.ConfigDict, workdir: pathlib.Path
+def prepare_workdir(cfg: ml_collections.ConfigDict, workdir: paths.Path
                     ) -> ml_collections.ConfigDict:
     """The config to run with, a copy of cfg: a resumed run takes what the workdir recorded
     (a BLT's calibrated threshold and frozen entropy model) and must hold the same model."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    paths.makedirs(workdir)  # on GCS: the bucket must exist (never created by accident)
     if not ((workdir / "config.json").exists() and checkpoint.steps(workdir)):
         return config.replaced(cfg, {})
     stored = factory.read_config(workdir)
@@ -64,30 +64,28 @@ def prepare_workdir(cfg: ml_collections.ConfigDict, workdir: pathlib.Path
     return resumed
 
 
-def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: paths.Path) -> paths.Path:
     """Freezes the entropy model into WORKDIR/entropy_model (params only) on first start.
 
-    Every process takes part (Orbax reads and writes are collective); the directory appears
-    complete or not at all (written under a temporary name, renamed by process 0).
+    Every process takes part (Orbax reads and writes are collective). The copy is written in
+    place and its config.json last, the marker that it is complete: GCS has no atomic
+    directory rename (gcsfs moves object by object), so a killed copy is a directory without
+    config.json, which the next start removes and writes again.
     """
     dest = workdir / ENTROPY_DIR
     if (dest / "config.json").exists():
         return dest
     src = preflight.entropy_source(cfg)
     _, weights, step = factory.load_weights(src)
-    tmp = workdir / (ENTROPY_DIR + ".tmp")
     lead = jax.process_index() == 0
-    if lead:
-        if tmp.exists():
-            tmp.rmtree()
-        tmp.mkdir(parents=True)
-        (src / "config.json").copy(tmp / "config.json")
+    if lead and dest.exists():  # an unfinished copy (no config.json)
+        dest.rmtree()
     distributed.barrier("entropy_copy_start")
-    checkpoint.save_params_only(tmp, jax.tree.map(np.asarray, weights.params),
+    checkpoint.save_params_only(dest, jax.tree.map(np.asarray, weights.params),
                                 meta={"source": str(src), "source_step": step})
     distributed.barrier("entropy_copy_saved")
     if lead:
-        tmp.rename(dest)
+        paths.copy_tree_file(src / "config.json", dest / "config.json")
     distributed.barrier("entropy_copy_done")
     return dest
 
@@ -113,7 +111,7 @@ def calibrate_threshold(cfg: ml_collections.ConfigDict,
             "measured_bytes_per_patch": sum(len(r) for r in rows) / n, "rows": len(rows)}
 
 
-def _bpe_tokenizer(cfg: ml_collections.ConfigDict, workdir: pathlib.Path, docs: Any
+def _bpe_tokenizer(cfg: ml_collections.ConfigDict, workdir: paths.Path, docs: Any
                    ) -> bpe.BpeTokenizer:
     """The workdir's BPE tokenizer: bpe.tokenizer_path, else trained once (process 0) on a
     bounded, seeded sample of the training split and cached in the workdir."""
@@ -223,7 +221,7 @@ class Trainer(Scorer):
 
 
 
-def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+def run(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Trains (or resumes) and returns the final summary; writes everything under workdir."""
     workdir = paths.path(workdir)
     # every check that needs no workdir comes first: a mistake writes nothing
