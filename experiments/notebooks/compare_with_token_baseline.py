@@ -14,31 +14,79 @@
 # %% [markdown]
 # # BLT vs a token baseline, on one machine
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/OWNER/blt-jax/blob/main/experiments/notebooks/compare_with_token_baseline.ipynb)
+#
 # This notebook trains (or loads) a tiny **Byte Latent Transformer** and a byte-level **BPE
 # baseline** of the same latent shape at the same training FLOPs, then compares them: the entropy
 # / patch figure for your text, a fair bits-per-byte table (same documents, same bytes), the
 # threshold sweep behind "larger patches save inference FLOPs", the noise-robustness table, and
-# generations from both. Everything runs offline on a CPU (Colab included); on a TPU runtime the
-# same code uses the TPU.
+# generations from both. Everything runs offline after the install, on a CPU, a GPU or a TPU
+# runtime (Colab: *Runtime > Change runtime type*).
+#
+# The outputs saved in this file come from a reduced run (the settings it used are printed under
+# the devices cell); *Run all* for the real thing (~10 minutes on a Colab CPU).
+
+# %% [markdown]
+# ## Settings
+# `BLT_JAX_SOURCE`: where blt-jax is installed from: a git URL, or the path of a wheel you built
+# (`python -m build --wheel`) and uploaded. `OUTPUT_DIR`: the one folder everything here is written
+# to (models, figures, tables); on Colab a Drive folder such as
+# `/content/drive/MyDrive/blt_jax` keeps them across sessions.
 
 # %% tags=["parameters"]
-WORKDIR = "runs/notebook"  # where the three tiny models live (trained if missing)
+BLT_JAX_SOURCE = "git+https://github.com/OWNER/blt-jax.git"  # or "/content/blt_jax-0.1.0-py3-none-any.whl"
+OUTPUT_DIR = "blt_jax_notebook"  # the three tiny models, figures and tables (trained if missing)
 STEPS = 300  # steps per tiny run when training here
 MAX_BATCHES = 0  # evaluation batches per score (0 = the whole validation split)
 NOISE_DOCS = 4  # validation documents in the robustness table
 TEXT = "Daenerys Targaryen is in Game of Thrones, a fantasy epic by George R.R. Martin."
 
+# %% [markdown]
+# ## Install
+# Installs blt-jax from `BLT_JAX_SOURCE`, with `jax[tpu]` on a TPU runtime and the CUDA jax on a
+# GPU runtime that has one; elsewhere the CPU jax pip picks. Skipped where blt-jax is importable
+# already (a checkout installed with `pip install -e .`) or `BLT_JAX_SKIP_INSTALL=1` (CI).
+
 # %%
+import importlib.metadata
 import importlib.util
+import os
+import pathlib
 import subprocess
 import sys
 
-if importlib.util.find_spec("blt_jax") is None:  # Colab: install blt-jax (needs network)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "blt-jax"], check=True)
+JAX = "jax{extra}>=0.10.2,<0.12"  # the range blt-jax supports
 
-import json
-import pathlib
 
+def accelerator() -> str:
+    """'tpu' (Colab/Cloud TPU: its variables or /dev/accel*, /dev/vfio/N), 'cuda12', or ''."""
+    if any(os.environ.get(v) for v in ("COLAB_TPU_ADDR", "TPU_NAME", "TPU_ACCELERATOR_TYPE")) \
+            or list(pathlib.Path("/dev").glob("accel*")) \
+            or list(pathlib.Path("/dev").glob("vfio/[0-9]*")):
+        return "tpu"
+    for cuda in ("cuda13", "cuda12"):  # keep a GPU runtime's CUDA jax a CUDA jax
+        try:
+            importlib.metadata.version(f"jax-{cuda}-plugin")
+            return cuda
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return ""
+
+
+def packages() -> list[str]:
+    """What pip installs: blt-jax, and the jax of this runtime's accelerator if it has one."""
+    extra = accelerator()
+    return [BLT_JAX_SOURCE] + ([JAX.format(extra=f"[{extra}]")] if extra else [])
+
+
+if os.environ.get("BLT_JAX_SKIP_INSTALL") == "1" or importlib.util.find_spec("blt_jax"):
+    print("install: skipped (blt_jax is importable or BLT_JAX_SKIP_INSTALL=1)")
+else:
+    print("install:", *packages())
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *packages()], check=True)
+
+# %%
+import jax
 import numpy as np
 from absl import flags
 from IPython.display import Image, Markdown, display
@@ -51,7 +99,10 @@ from blt_jax.evaluation import evaluate, figures, robustness, sweep
 from blt_jax.tools import quickstart
 from blt_jax.text import tokenizer
 
-root = pathlib.Path(WORKDIR)
+print(f"jax {jax.__version__} on {jax.default_backend()}: {jax.devices()}")
+print(f"settings: STEPS={STEPS} MAX_BATCHES={MAX_BATCHES} NOISE_DOCS={NOISE_DOCS} "
+      f"OUTPUT_DIR={OUTPUT_DIR!r}")
+root = pathlib.Path(OUTPUT_DIR)
 figdir = root / "figures"
 figdir.mkdir(parents=True, exist_ok=True)
 
@@ -65,7 +116,7 @@ if not (root / "bpe" / "summary.json").exists():
     quickstart.run(str(root), steps=STEPS)
 blt = blt_jax.load(root / "blt")
 base = blt_jax.load(root / "bpe")
-print(json.dumps({k: blt.config.train.steps for k in ["blt"]}), blt.patching_rule)
+print(f"BLT: {blt.config.train.steps} steps, {blt.patching_rule}")
 
 # %% [markdown]
 # ## Where the patches fall
@@ -113,7 +164,7 @@ display(Image(str(figdir / "sweep.png")))
 # %%
 noise = robustness.noise_table({"BLT": blt, "BPE": base}, docs[:NOISE_DOCS], rate=0.1)
 cols = ["clean", *robustness.NOISES, "degradation_pct"]
-md = "| model | " + " | ".join(cols) + " |\n|---" * (len(cols) + 1) + "|\n"
+md = "| model | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|\n"
 md += "\n".join("| " + r["model"] + " | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |"
                 for r in noise)
 (root / "robustness.md").write_text(md + "\n")
