@@ -62,6 +62,13 @@ def test_loglikelihood_equals_hand_sum_over_logits(adapters):
     want = hand_logprob(lm.model, ids, len(continuation))
     assert lm.model.patch_lengths(ids[None, :-1]).max() > 1  # real patches, not bytes
     assert got == pytest.approx(want, rel=1e-5, abs=1e-4)
+    # BPE: the continuation is the tokens of context + continuation after the context's tokens
+    lm = adapters["bpe"]
+    tok = lm.model.tokenizer
+    got, greedy = lm.loglikelihood([request("loglikelihood", context, continuation)])[0]
+    ids = np.concatenate([[tok.bos], tok.encode(context + continuation)]).astype(np.int32)
+    want = hand_logprob(lm.model, ids, len(ids) - 1 - len(tok.encode(context)))
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-4) and not greedy  # untrained
 
 
 def test_context_cut_on_the_left_and_rolling_chunks(adapters):
