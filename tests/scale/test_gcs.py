@@ -206,6 +206,8 @@ def test_bucket_roundtrip_checkpoint_glob_metrics_and_moves(gcs, tmp_path, monke
     assert f"{str(dest)[len('gs://' + BUCKET) + 1:]}/params/_METADATA" in gcs.blobs("roundtrip/")
     # gcsfs lists afresh: an object another writer adds shows up at once
     gcs.write("roundtrip/checkpoints/7/commit_success.txt", b"ok")
+    # an unfinished save (Orbax writes commit_success.txt last on GCS) is not a step
+    gcs.write("roundtrip/checkpoints/8/_CHECKPOINT_METADATA", b"{}")
     assert checkpoint.steps(root) == [7]
     names = gcs.blobs("roundtrip/")
     assert not any(n.endswith(".tmp") for n in names), names
