@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob as _glob
 import os
+import pathlib
 import re
 from typing import Union
 
@@ -69,6 +70,15 @@ def path(p: PathLike) -> Path:
 
 def is_remote(p: PathLike) -> bool:
     return scheme(p) is not None
+
+
+def local_only(p: PathLike, what: str) -> pathlib.Path:
+    """A local folder for commands that write through the local filesystem only; a gs:// (or
+    other) URL is a one-line error instead of silently becoming a ./gs:/... folder."""
+    if _SCHEME.match(os.fspath(p)):
+        raise PathError(f"{what}: {os.fspath(p)!r} is not a local path; this command writes "
+                        "locally (copy the result with `gcloud storage cp -r` afterwards)")
+    return pathlib.Path(os.path.expanduser(os.fspath(p)))
 
 
 def _gcs() -> fsspec.AbstractFileSystem:

@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from blt_jax import config
+from blt_jax import config, paths
 from blt_jax.evaluation import evaluate, robustness, tables
 from blt_jax.inference import api
 from blt_jax.model import kinds
@@ -49,7 +49,7 @@ def _bytes_per_patch(run: ml_collections.ConfigDict) -> float:
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path, log=print) -> dict[str, Any]:
-    root = pathlib.Path(workdir)
+    root = paths.local_only(workdir, "workdir")
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     ent = config.tiny_experiment("entropy")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from blt_jax import paths
 from blt_jax.errors import UserError
 from blt_jax.inference import api
 from blt_jax.pipeline import data
@@ -27,12 +28,12 @@ def run(entropy_workdir: str, out: str, data_cfg: Any = None, shards: int = 1,
         max_docs: int = 0) -> dict[str, Any]:
     from array_record.python.array_record_module import ArrayRecordWriter
 
+    out_p = paths.local_only(out, "out")  # before any work
     model = api.load(entropy_workdir)
     if not model.kind.scores_entropies:
         raise UserError(f"workdir: {entropy_workdir} holds a {model.kind} model; preprocess "
                          "needs an entropy model")
     data_cfg = data_cfg or model.config.data
-    out_p = pathlib.Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
     if any(out_p.glob("*.array_record")):
         raise UserError(f"out: {out} already holds shards; choose a new directory")

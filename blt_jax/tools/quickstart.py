@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 import time
 from typing import Any
 
 import blt_jax
-from blt_jax import config
+from blt_jax import config, paths
 from blt_jax.evaluation import evaluate, tables
 from blt_jax.model import kinds
 from blt_jax.training import train
@@ -24,7 +23,7 @@ PROMPT = "The return value of "
 
 
 def run(workdir: str = "runs/quickstart", steps: int = 0, log=print) -> dict[str, Any]:
-    root = pathlib.Path(workdir)
+    root = paths.local_only(workdir, "workdir")
     t0 = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
 

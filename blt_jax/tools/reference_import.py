@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from blt_jax import config
+from blt_jax import config, paths
 from blt_jax.errors import UserError
 from blt_jax.text.tokenizer import VOCAB_SIZE
 from blt_jax.tools.weight_files import read_pth, read_safetensors  # noqa: F401 (re-exported)
@@ -349,16 +349,16 @@ def import_reference(blt_src: str, out: str, entropy_src: str | None = None,
             or entropy_context < 0:
         raise UserError(f"entropy_context: ids per context >= 1 (the reference: 8192), or 0 "
                         f"for none, got {entropy_context!r}")
-    out_p = pathlib.Path(out)
+    out_p = paths.local_only(out, "out")
     if out_p.exists() and any(out_p.iterdir()):
         raise UserError(f"out: {out} exists and is not empty; choose a new directory")
-    naming, cfg_json, sd = _read_folder(pathlib.Path(blt_src))
+    naming, cfg_json, sd = _read_folder(paths.local_only(blt_src, "blt"))
     if naming == "reference":
         model_cfg = blt_config_from_reference(cfg_json["model"],
                                               cfg_json.get("data", {}).get("patcher_args", {}))
         ent_cfg, ent_sd, ent_naming, ent_prefix = None, None, "reference", ""
         if entropy_src:
-            ent_naming, ent_json, ent_sd = _read_folder(pathlib.Path(entropy_src))
+            ent_naming, ent_json, ent_sd = _read_folder(paths.local_only(entropy_src, "entropy"))
             if ent_naming != "reference":
                 raise UserError("entropy: give the reference entropy folder (params.json + "
                                  "consolidated.pth) with a reference BLT folder")

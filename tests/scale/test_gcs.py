@@ -314,3 +314,19 @@ def test_train_kill_resume_and_eval_with_the_workdir_in_a_bucket(gcs, tmp_path):
     print(f"gcs emulator run: killed after {t_kill:.1f}s with steps {done} committed, "
           f"resumed to 100 and evaluated in {t_resume:.1f}s")
 
+
+
+def test_local_only_commands_refuse_urls_in_one_line(tmp_path, monkeypatch):
+    """Commands that write through the local filesystem (quickstart, compare, import-reference,
+    preprocess) refuse gs:// outputs instead of writing a ./gs:/... folder."""
+    monkeypatch.chdir(tmp_path)
+    for args in (["quickstart", "--workdir", "gs://bucket/q"],
+                 ["import-reference", "--blt", str(tmp_path), "--out", "gs://bucket/imp"]):
+        r = subprocess.run([sys.executable, "-m", "blt_jax", *args], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "is not a local path" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    from blt_jax.pipeline import preprocess
+    with pytest.raises(paths.PathError, match="not a local path"):
+        preprocess.run(str(tmp_path), "gs://bucket/pre")  # checked before any work
+    assert list(tmp_path.iterdir()) == []
