@@ -20,6 +20,7 @@ from blt_jax.model import attention
 from blt_jax.inference import kv_cache
 from blt_jax.text import patching
 from blt_jax.text.tokenizer import EOS_ID
+from blt_jax.model import transformer
 from blt_jax.model.transformer import entropy_from_logits
 
 _NEG = -jnp.inf
@@ -183,7 +184,8 @@ class BltGenerator:
         ent = s.ent
         t1, seg1 = t[:, None], seg[:, None]
         if self.e is not None:
-            e_logits, ent = kv_cache.transformer_step(self.e, x_B[:, None], t1, seg1, s.ent)
+            e_seg = transformer.context_segments(self.e.cfg, seg1, t1)  # entropy_context
+            e_logits, ent = kv_cache.transformer_step(self.e, x_B[:, None], t1, e_seg, s.ent)
             h = entropy_from_logits(e_logits[:, 0])
         # 3. local encoder: byte + hash embeddings of the n-grams ending at t (the look-back
         # window of ids), then the model's own blocks over its caches

@@ -20,7 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from blt_jax.model import attention
+from blt_jax.model import attention, transformer
 
 
 class Cache(NamedTuple):
@@ -183,8 +183,12 @@ def transformer_prefill(model: Any, ids_BxN: jax.Array, n_B: jax.Array, size: in
     sink: list = []
     logits = model(ids_BxN, sink=sink)
     window = model.cfg.window
-    seg = attention.segments_from_eos(ids_BxN, model.cfg.eos_id) if window is not None \
-        else jnp.zeros(ids_BxN.shape, jnp.int32)
+    if window is not None:  # the masks of the model's own forward (transformer.attend)
+        seg = transformer.context_segments(
+            model.cfg, attention.segments_from_eos(ids_BxN, model.cfg.eos_id),
+            transformer.positions(*ids_BxN.shape))
+    else:
+        seg = jnp.zeros(ids_BxN.shape, jnp.int32)
     caches = [from_prefill(k, v, seg, n_B, size, ring=window is not None) for k, v in sink]
     return logits, caches
 

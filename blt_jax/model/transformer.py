@@ -82,6 +82,18 @@ def capturing(attend: Attend, sink: list | None) -> Attend:
     return f
 
 
+def context_segments(cfg: ml_collections.ConfigDict, seg_BxL: jax.Array, pos_BxL: jax.Array
+                     ) -> jax.Array:
+    """Attention segments with the entropy context's restarts folded in: positions see each
+    other iff they share an EOS segment and, with ``entropy_context`` C > 0, the same C-id
+    chunk of the row (what scoring independent C-id chunks gives: RoPE is relative, so only the
+    mask differs). One rule for the full forward, the prefill and decoding steps."""
+    every = int(cfg.get("entropy_context") or 0)
+    if every <= 0:
+        return seg_BxL
+    return seg_BxL + (pos_BxL // every) * (1 << 20)  # < 2**20 EOS per chunk: injective
+
+
 def positions(b: int, n: int, offset: int = 0) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(offset, offset + n, dtype=jnp.int32)[None], (b, n))
 
@@ -99,7 +111,8 @@ class Transformer(nnx.Module):
 
     def attend(self, ids_BxL: jax.Array) -> Attend:
         if self.cfg.window is not None:
-            seg = attention.segments_from_eos(ids_BxL, self.cfg.eos_id)
+            seg = context_segments(self.cfg, attention.segments_from_eos(ids_BxL, self.cfg.eos_id),
+                                   positions(*ids_BxL.shape))
             return local_attend(self.cfg, seg, self.cfg.window)
         return causal_attend(self.cfg, *ids_BxL.shape)
 
