@@ -2,8 +2,8 @@
 
 A cache holds, per row, `size` slots of (k, v) stored heads-major, keys transposed (B, G, D, S)
 and values (B, G, S, D) — the layouts the two attention dots read as they are, so no step
-re-lays out a cache — with the absolute position and the attention segment of each entry. Windowed stacks (entropy model, local encoder/decoder) use a ring of `size >= window`
-slots (slot = position % size); the latent model and the token baseline use one slot per
+re-lays out a cache — with the absolute position and the attention segment of each entry.
+Windowed stacks (entropy model, local encoder/decoder) use a ring of `size >= window` slots (slot = position % size); the latent model and the token baseline use one slot per
 position/patch. A query at position t sees entry e iff 0 <= t - pos(e) < window and
 seg(e) == seg(t): exactly the masks of the full forward.
 
@@ -58,24 +58,21 @@ def write(cache: Cache, k_BxLxGxD: jax.Array, v_BxLxGxD: jax.Array, pos_BxL: jax
     `keep_invalid` leave the slot as it was (a rewrite of some rows' entries only)."""
     size = cache.pos.shape[1]
     slot_BxL = pos_BxL % size if ring else pos_BxL
-    pos = pos_BxL if valid_BxL is None else jnp.where(valid_BxL, pos_BxL, -1)
+    pos = pos_BxL if valid_BxL is None or keep_invalid else jnp.where(valid_BxL, pos_BxL, -1)
+    ok = jnp.ones(pos_BxL.shape, bool) if valid_BxL is None else valid_BxL
     one = pos_BxL.shape[1] == 1  # one in-place dynamic-update-slice per row, else a scatter
 
     def row(c: jax.Array, s_L: jax.Array, x: jax.Array, ok_L: jax.Array, axis: int
             ) -> jax.Array:
+        if keep_invalid:  # invalid positions write back what their slot held
+            old = jax.lax.dynamic_slice_in_dim(c, s_L[0], 1, axis=axis) if one else \
+                jnp.take(c, s_L, axis=axis)
+            x = jnp.where(ok_L.reshape([-1 if a == axis else 1 for a in range(x.ndim)]), x, old)
         if one:
-            if keep_invalid:
-                old = jax.lax.dynamic_slice_in_dim(c, s_L[0], 1, axis=axis)
-                x = jnp.where(ok_L[0], x, old)
             return jax.lax.dynamic_update_slice_in_dim(c, x, s_L[0], axis=axis)
-        if keep_invalid:
-            raise NotImplementedError("keep_invalid writes one position per row")
         return c.at[(slice(None),) * axis + (s_L,)].set(x)  # a ring may wrap inside L
 
     put = lambda c, x, axis: jax.vmap(lambda *a: row(*a, axis))(c, slot_BxL, x, ok)  # noqa
-    ok = jnp.ones(pos_BxL.shape, bool) if valid_BxL is None else valid_BxL
-    if keep_invalid:
-        pos = pos_BxL
     dt = cache.k.dtype
     return Cache(put(cache.k, k_BxLxGxD.astype(dt).transpose(0, 2, 3, 1), 2),  # (G, D, S)
                  put(cache.v, v_BxLxGxD.astype(dt).transpose(0, 2, 1, 3), 1),  # (G, S, D)
