@@ -1,16 +1,14 @@
-"""Model configs (ml_collections), their validation, experiment-file loading and overrides.
+"""Model and experiment configs (ml_collections) and their validation.
 
 A BLT model config uses the reference's field names (so `params.json` maps one to one); the
 entropy model and the token baseline share one `transformer` config. Presets cover the test,
-bench and paper shapes (spec §12); experiment files in experiments/ build on them.
+bench and paper shapes (spec §12); experiment files in experiments/ build on them (loaded by `overrides`).
 """
 
 from __future__ import annotations
 
-import ast
 import copy
-import importlib.util
-import pathlib
+import json
 from typing import Any, Callable
 
 import ml_collections
@@ -19,6 +17,7 @@ from ml_collections import config_dict
 from blt_jax.errors import UserError
 from blt_jax.text import patching
 from blt_jax.text.tokenizer import VOCAB_SIZE
+
 
 def _opt_int() -> Any:  # a fresh typed None each time (a shared reference would link fields)
     return config_dict.placeholder(int)
@@ -45,12 +44,35 @@ def patching_rule(cfg: ml_collections.ConfigDict) -> patching.PatchRule:
         raise UserError(f"model.patching: {e}") from None
 
 
+# model fields that change how a model runs, not which parameters it has: they may differ
+# between a checkpoint and the run that loads it, and stored configs without them take these.
+# scan_layers (lax.scan over the layers) is on in the paper recipe and the train-step benchmark;
+# off by default because XLA:CPU deadlocked (an all-gather rendezvous timeout) on training
+# loops with scanned FSDP layers over 8 fake CPU devices in one process.
+RUNTIME_DEFAULTS = dict(dtype="float32", attention_impl="fast", local_attention_block=128,
+                        attention_chunk=512, remat=False, scan_layers=False)
+
+
 def _common(**kw: Any) -> dict[str, Any]:
     base = dict(vocab_size=VOCAB_SIZE, norm_eps=1e-5, multiple_of=256, ffn_dim_multiplier=1.0,
-                init_std_factor="disabled", dtype="float32", attention_impl="fast",
-                local_attention_block=128, attention_chunk=512, remat=False)
+                init_std_factor="disabled", **RUNTIME_DEFAULTS)
     base.update(kw)
     return base
+
+
+def with_runtime_defaults(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A stored model config completed with runtime fields added since it was written."""
+    with model_cfg.unlocked():
+        for k, v in RUNTIME_DEFAULTS.items():
+            if k not in model_cfg:
+                model_cfg[k] = v
+    return model_cfg
+
+
+def same_parameters(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict) -> list[str]:
+    """The model fields, runtime fields aside, in which two model configs differ."""
+    x, y = json.loads(a.to_json()), json.loads(b.to_json())
+    return sorted(k for k in set(x) | set(y) if k not in RUNTIME_DEFAULTS and x.get(k) != y.get(k))
 
 
 def transformer_config(**kw: Any) -> ml_collections.ConfigDict:
@@ -160,7 +182,8 @@ def experiment_config(kind: str, model: ml_collections.ConfigDict) -> ml_collect
         text_field="text",
         tfds_name="", tfds_data_dir="", tfds_split="train", tfds_eval_split="validation",
         seq_len=512,  # bytes per row (BLT, entropy model) or tokens per row (bpe)
-        p_max=0,  # static patch buffer; 0 -> seq_len // 2
+        p_max=0,  # BLT patch buffer (latent length); 0 -> sized on training rows at the first start
+        p_max_overflow=0.01,  # ... so that at most this fraction of rows overflows it
         batch_size=8,
         eval_batch_size=8,
         loader_shards=0,  # document shards behind each global batch; 0 -> one per process
@@ -197,10 +220,11 @@ def paper_experiment(kind: str, preset: str, *, seq_len: int, batch_size: int,
     """The paper-scale recipe shared by experiments/{entropy_100m,blt_*,bpe_*}.py (paper §4.8).
 
     AdamW β 0.9/0.95, ε 1e-8, weight decay 0.1, lr 4e-4, 2000 warm-up steps, cosine to 0,
-    clipping 1.0; bf16 compute with fp32 parameters, rematerialised layers; C4 from TFDS.
+    clipping 1.0; bf16 compute with fp32 parameters, rematerialised layers run as one scanned
+    body (compile time independent of depth); C4 from TFDS.
     """
     c = experiment_config(kind, model_preset(preset))
-    c.model.update(dtype="bfloat16", remat=True)
+    c.model.update(dtype="bfloat16", remat=True, scan_layers=True)
     c.data.update(source="tfds", tfds_name="c4/en:3.1.0", tfds_eval_split="validation")
     c.data.update(seq_len=seq_len, batch_size=batch_size, p_max=p_max, eval_batch_size=64)
     c.optim.update(lr=4e-4, warmup_steps=2000, schedule="cosine", min_lr_ratio=0.0, clip=1.0)
@@ -322,6 +346,8 @@ def validate_run(cfg: ml_collections.ConfigDict) -> None:
                     ("train.eval_batches", t.eval_batches), ("data.num_workers", d.num_workers),
                     ("data.loader_shards", d.loader_shards), ("train.max_skipped", t.max_skipped)):
         _need(isinstance(v, int) and v >= 0, name, f"must be an integer >= 0, got {v!r}")
+    _need(0.0 <= d.p_max_overflow < 1.0, "data.p_max_overflow",
+          f"must be a fraction in [0, 1), got {d.p_max_overflow!r}")
     _need(d.batch_size % t.grad_accum == 0, "train.grad_accum",
           f"{t.grad_accum} must divide data.batch_size {d.batch_size}")
     _need(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
@@ -335,77 +361,3 @@ def validate_run(cfg: ml_collections.ConfigDict) -> None:
 # model.kind -> its checks (the model-config vocabulary; run kinds live in model/kinds.py)
 _MODEL_CHECKS: dict[str, Callable[[ml_collections.ConfigDict], None]] = {
     "transformer": _check_transformer, "blt": _check_blt}
-
-
-# ---------------------------------------------------------------------------------------------
-# Experiment files and `--config.a.b=value` overrides
-
-
-def load_experiment(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """Imports an experiment file and returns its locked `get_config(arg)`."""
-    if ":" in path and not pathlib.Path(path).exists():
-        path, arg = path.split(":", 1)
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise UserError(f"config: no such experiment file {path!r}")
-    spec = importlib.util.spec_from_file_location(f"blt_experiment_{p.stem}", p)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    except Exception as e:  # a broken experiment file is a user mistake
-        raise UserError(f"config: {path} failed to import: {type(e).__name__}: {e}") from e
-    if not callable(getattr(module, "get_config", None)):
-        raise UserError(f"config: {path} defines no get_config() function")
-    cfg = module.get_config(arg) if arg is not None else module.get_config()
-    if not isinstance(cfg, ml_collections.ConfigDict):
-        raise UserError(f"config: {path}:get_config() must return an ml_collections.ConfigDict")
-    cfg.lock()
-    return cfg
-
-
-def _parse_value(text: str, current: Any) -> Any:
-    if isinstance(current, bool):
-        low = text.lower()
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        raise TypeError(f"expected a boolean, got {text!r}")
-    if isinstance(current, str):
-        return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    if isinstance(current, (list, tuple)) and isinstance(value, (int, float)):
-        value = (value,)
-    if isinstance(current, tuple) and isinstance(value, list):
-        value = tuple(value)
-    return value
-
-
-def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-    """Applies `--config.a.b=value` strings to a locked config; one-line ValueError on mistakes."""
-    for item in overrides:
-        if not item.startswith("--config."):
-            raise UserError(f"unrecognized argument {item!r} (overrides look like "
-                             "--config.optim.lr=1e-3)")
-        key, sep, text = item[len("--config."):].partition("=")
-        if not sep:
-            raise UserError(f"override {item!r} needs '=value'")
-        *parents, leaf = key.split(".")
-        node = cfg
-        try:
-            for name in parents:
-                node = node[name]
-            current = node[leaf]
-        except (KeyError, AttributeError, TypeError):
-            raise UserError(f"override: config has no field {key!r}") from None
-        if isinstance(current, ml_collections.ConfigDict):
-            raise UserError(f"override: {key!r} is a group; set one of its fields")
-        try:
-            node[leaf] = _parse_value(text, current)
-        except (TypeError, ValueError) as e:
-            raise UserError(f"override: {key}={text!r} has the wrong type "
-                            f"(field is {type(current).__name__}): {e}") from None
-    return cfg

@@ -18,7 +18,7 @@ from blt_jax.inference import api
 from blt_jax.pipeline import data
 from blt_jax.scale import sharding
 from blt_jax.training.scorer import Scorer
-from blt_jax.training.train import calibrate_threshold
+from blt_jax.training.calibration import calibrate_threshold
 
 
 def run(workdir: str | pathlib.Path, *, thresholds: Sequence[float] = (),

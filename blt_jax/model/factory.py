@@ -48,7 +48,10 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     path = paths.path(workdir) / "config.json"
     if not path.is_file():
         raise UserError(f"workdir: {workdir} has no config.json (not a blt-jax workdir)")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+    if "model" in cfg:
+        config.with_runtime_defaults(cfg.model)
+    return cfg
 
 
 def load_weights(workdir: str | pathlib.Path, step: int | None = None,

@@ -145,6 +145,10 @@ class Kind:
         """Does a run of cfg bisect its threshold on training rows before step 1?"""
         return False
 
+    def sizes_buffer(self, cfg: ml_collections.ConfigDict) -> bool:
+        """Does a run of cfg size its patch buffer on training rows before step 1?"""
+        return False
+
     def patcher_dir(self, cfg: ml_collections.ConfigDict) -> str:
         """Where a workdir keeps the entropy model that patches it (relative; '' for none)."""
         return ""
@@ -198,6 +202,8 @@ class Blt(Kind):
         stored_patching = stored.get("model", {}).get("patching")
         if stored_patching is not None:
             recorded["model.patching.threshold"] = stored_patching.threshold
+        if cfg.data.p_max == 0:  # the buffer measured at the first start
+            recorded["data.p_max"] = stored.get("data", {}).get("p_max", 0)
         return config.replaced(cfg, recorded)
 
     def summary(self, cfg: ml_collections.ConfigDict, p_max: int) -> dict[str, Any]:
@@ -207,7 +213,8 @@ class Blt(Kind):
         return config.patching_rule(model_cfg.patching)
 
     def p_max(self, cfg: ml_collections.ConfigDict) -> int:
-        """data.p_max, else 1.5x the expected patches of a row (+2) for a little overflow."""
+        """data.p_max, else (a config no run has measured: compile-check, a fresh Scorer) 1.5x
+        the expected patches of a row (+2). Training measures it first (`sizes_buffer`)."""
         if cfg.data.p_max > 0:
             return int(cfg.data.p_max)
         rule, n = cfg.model.patching, cfg.data.seq_len + 1
@@ -221,6 +228,9 @@ class Blt(Kind):
 
     def calibrates(self, cfg: ml_collections.ConfigDict) -> bool:
         return self.patch_rule(cfg.model).needs_entropies and cfg.entropy.target_bytes_per_patch > 0
+
+    def sizes_buffer(self, cfg: ml_collections.ConfigDict) -> bool:
+        return cfg.data.p_max == 0
 
     def patcher_dir(self, cfg: ml_collections.ConfigDict) -> str:
         return cfg.entropy.workdir

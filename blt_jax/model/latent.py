@@ -39,4 +39,5 @@ class LatentTransformer(nnx.Module):
         if attends is None:
             attends = capturing(causal_attend(self.cfg, b, p, patch_seg_BxP), sink)
         pos = positions(b, p) if pos_BxP is None else pos_BxP
-        return run_blocks(self.layers, self.cfg.remat, h, pos, attends)
+        return run_blocks(self.layers, self.cfg.remat, h, pos, attends,
+                          scan=self.cfg.scan_layers and sink is None)

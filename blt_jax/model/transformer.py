@@ -45,11 +45,34 @@ def per_layer(attend: Attend | Sequence[Attend], n: int) -> list[Attend]:
 
 
 def run_blocks(layers: Sequence[nnx.Module], remat: bool, h: jax.Array, pos_BxL: jax.Array,
-               attend: Attend | Sequence[Attend]) -> jax.Array:
+               attend: Attend | Sequence[Attend], scan: bool = False) -> jax.Array:
     """A stack's layer loop. `attend` is one strategy for every layer (training kernels) or one
-    per layer (decoding caches: each layer reads and extends its own)."""
+    per layer (decoding caches: each layer reads and extends its own). With `scan` and one
+    strategy, the layers run as one lax.scan body, so compile time does not grow with depth."""
+    if scan and len(layers) > 1 and not isinstance(attend, (list, tuple)):
+        return scan_blocks(layers, remat, h, pos_BxL, attend)
     for block, a in zip(layers, per_layer(attend, len(layers))):
         h = run_block(block, remat, h, pos_BxL, a)
+    return h
+
+
+def scan_blocks(layers: Sequence[nnx.Module], remat: bool, h: jax.Array, pos_BxL: jax.Array,
+                attend: Attend) -> jax.Array:
+    """The layer loop as lax.scan over the layers' parameters stacked at run time.
+
+    Parameters stay one entry per layer (checkpoints, reference import and sharding rules are
+    unchanged); the stack is one copy of the stack's weights per step, small beside the step's
+    activations, and its transpose hands each layer its own gradient.
+    """
+    graphdef, first = nnx.split(layers[0])
+    rest = [nnx.split(block) for block in layers[1:]]
+    if any(g != graphdef for g, _ in rest):
+        raise ValueError("scan_blocks: the layers differ in structure; run them unrolled")
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), first, *(s for _, s in rest))
+
+    def body(x: jax.Array, state: nnx.State) -> tuple[jax.Array, None]:
+        return nnx.merge(graphdef, state)(x, pos_BxL, attend), None
+    h, _ = jax.lax.scan(jax.checkpoint(body) if remat else body, h, stacked)
     return h
 
 
@@ -123,7 +146,8 @@ class Transformer(nnx.Module):
         pos = positions(*ids_BxL.shape) if pos_BxL is None else pos_BxL
         h = constrain(self.tok_embeddings(ids_BxL), ("batch", "length", "act_embed"))
         attend = capturing(self.attend(ids_BxL), sink) if attends is None else attends
-        h = run_blocks(self.layers, self.cfg.remat, h, pos, attend)
+        h = run_blocks(self.layers, self.cfg.remat, h, pos, attend,
+                       scan=self.cfg.scan_layers and sink is None)
         logits = self.output(self.norm(h)).astype(jnp.float32)
         return constrain(logits, ("batch", "length", "act_vocab"))
 

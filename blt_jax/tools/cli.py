@@ -132,11 +132,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace, extra: list[str]) -> str:
     import json
 
-    from blt_jax import config
+    from blt_jax import overrides
     from blt_jax.scale import distributed
     from blt_jax.training import train
 
-    cfg = config.apply_overrides(config.load_experiment(args.config), extra)
+    cfg = overrides.apply_overrides(overrides.load_experiment(args.config), extra)
     distributed.initialize(args.coordinator, args.num_processes, args.process_id,
                            heartbeat_timeout_s=args.heartbeat_timeout)
     return json.dumps(train.run(cfg, args.workdir), indent=2)
@@ -283,13 +283,13 @@ def _compile_check(args: argparse.Namespace, extra: list[str]) -> int:
     import json
 
     from blt_jax.scale import compile_check
-    from blt_jax import config
+    from blt_jax import overrides
 
     try:
         compile_check.topology_name(args.topology)  # parses only the flag's text
     except ValueError as e:
         raise UserError(f"--{e}") from None
-    cfg = config.apply_overrides(config.load_experiment(args.config), extra)
+    cfg = overrides.apply_overrides(overrides.load_experiment(args.config), extra)
     report = compile_check.check(cfg, args.topology)
     print(json.dumps(report, indent=2) if args.json else compile_check.format_report(report))
     return 0 if report["fits"] else 3
@@ -337,9 +337,9 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
          "and BPB-vs-FLOPs plot", _compare_args)
 def _compare(args: argparse.Namespace, extra: list[str]) -> int:
     from blt_jax.evaluation import compare
-    from blt_jax import config
+    from blt_jax import overrides
 
-    cfg = config.apply_overrides(config.load_experiment(args.config), extra)
+    cfg = overrides.apply_overrides(overrides.load_experiment(args.config), extra)
     compare.run(cfg, args.workdir)
     return 0
 

@@ -29,8 +29,8 @@ from blt_jax.model import factory, kinds
 from blt_jax.pipeline import data
 from blt_jax.scale import distributed, sharding
 from blt_jax.text import bpe, patching
-from blt_jax.training import (checkpoint, metrics, objective, optim, preflight, provenance,
-                              warmstart)
+from blt_jax.training import (calibration, checkpoint, metrics, objective, optim, preflight,
+                              provenance, warmstart)
 from blt_jax.training.scorer import Scorer
 
 ENTROPY_DIR = preflight.ENTROPY_DIR
@@ -38,11 +38,6 @@ ENTROPY_DIR = preflight.ENTROPY_DIR
 
 # ---------------------------------------------------------------------------------------------
 # Workdir and configuration
-
-
-def _identity(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-    """What must match for a workdir's checkpoint to resume under cfg: kind and model."""
-    return {"kind": cfg.kind, "model": json.loads(cfg.model.to_json())}
 
 
 def prepare_workdir(cfg: ml_collections.ConfigDict, workdir: paths.Path
@@ -54,10 +49,8 @@ def prepare_workdir(cfg: ml_collections.ConfigDict, workdir: paths.Path
         return config.replaced(cfg, {})
     stored = factory.read_config(workdir)
     resumed = kinds.of(cfg).resume(cfg, stored)
-    a, b = _identity(stored), _identity(resumed)
-    if a != b:
-        diff = sorted(k for k in set(a["model"]) | set(b["model"])
-                      if a["model"].get(k) != b["model"].get(k))
+    diff = config.same_parameters(stored.model, resumed.model)
+    if stored.kind != resumed.kind or diff:
         raise UserError(f"workdir: {workdir} holds a checkpoint of a different model "
                          f"({stored.kind} vs {cfg.kind}; fields {diff[:4]}); use a new "
                          "--workdir")
@@ -88,27 +81,6 @@ def _copy_entropy_model(cfg: ml_collections.ConfigDict, workdir: paths.Path) -> 
         paths.copy_tree_file(src / "config.json", dest / "config.json")
     distributed.barrier("entropy_copy_done")
     return dest
-
-
-def calibrate_threshold(cfg: ml_collections.ConfigDict,
-                        entropies: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
-    """Threshold giving `target_bytes_per_patch` on training rows (bisection on real entropies
-    from `entropies`: ids (B, N) -> (B, N), e.g. factory.entropy_fn or Model.entropies)."""
-    target = cfg.entropy.target_bytes_per_patch
-    docs = data.documents(cfg.data, "train")
-    it = data.batches(docs, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
-                      seed=cfg.seed + 1, train=True)
-    rows: list[np.ndarray] = []
-    while len(rows) < cfg.entropy.calibration_docs:
-        rows.extend(entropies(next(it)["ids"]))
-    rule = config.patching_rule(cfg.model.patching)
-    theta = patching.threshold_for_target_patch_size(
-        rows, target, mode="monotonic" if rule.mode == "monotonic" else "global",
-        max_patch_length=rule.max_patch_length)
-    rule = rule.replace(threshold=float(theta))
-    n = sum(len(patching.patch_lengths(None, r, rule, include_next=False)) for r in rows)
-    return {"target_bytes_per_patch": target, "threshold": float(theta),
-            "measured_bytes_per_patch": sum(len(r) for r in rows) / n, "rows": len(rows)}
 
 
 def _bpe_tokenizer(cfg: ml_collections.ConfigDict, workdir: paths.Path, docs: Any
@@ -236,13 +208,14 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str,
     if kind.uses_patcher(cfg):
         ent_dir = _copy_entropy_model(cfg, workdir)
         _, patcher, _ = factory.load_weights(ent_dir)
-        recorded: dict[str, Any] = {"entropy.workdir": ENTROPY_DIR}  # the workdir is self-contained
-        if kind.calibrates(cfg) and not checkpoint.steps(workdir):
-            cal = calibrate_threshold(cfg, factory.entropy_fn(patcher))  # same on every process
-            recorded["model.patching.threshold"] = cal["threshold"]
+        cfg = config.replaced(cfg, {"entropy.workdir": ENTROPY_DIR})  # a self-contained workdir
+    if not checkpoint.steps(workdir):  # same on every process
+        fields, reports = calibration.first_start(
+            cfg, factory.entropy_fn(patcher) if patcher is not None else None)
+        cfg = config.replaced(cfg, fields)
+        for name, report in reports.items():
             if lead:
-                (workdir / "threshold.json").write_text(json.dumps(cal, indent=2))
-        cfg = config.replaced(cfg, recorded)
+                (workdir / name).write_text(json.dumps(report, indent=2))
     if kind.trains_tokenizer:
         tok = _bpe_tokenizer(cfg, workdir, docs)
         extra = bpe.describe(tok, eval_docs)

@@ -3,18 +3,14 @@ run or an imported release, whose only checkpoint is step 0) with a fresh optimi
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import ml_collections
 
-from blt_jax import paths
+from blt_jax import config, paths
 from blt_jax.errors import UserError
 from blt_jax.model import factory
 from blt_jax.training import checkpoint
-
-# model fields that change how the model runs, not which parameters it has
-_RUNTIME_FIELDS = {"dtype", "attention_impl", "remat", "attention_chunk", "local_attention_block"}
 
 
 def source(cfg: ml_collections.ConfigDict) -> tuple[paths.Path, int | None] | None:
@@ -29,10 +25,7 @@ def source(cfg: ml_collections.ConfigDict) -> tuple[paths.Path, int | None] | No
     if not (src / "config.json").is_file():
         raise UserError(f"train.init_from: {where!r} is not a blt-jax workdir (no config.json); "
                         "give a trained or imported workdir, optionally DIR:STEP")
-    have = json.loads(factory.read_config(src).model.to_json())
-    want = json.loads(cfg.model.to_json())
-    diff = sorted(k for k in set(have) | set(want)
-                  if k not in _RUNTIME_FIELDS and have.get(k) != want.get(k))
+    diff = config.same_parameters(factory.read_config(src).model, cfg.model)
     if diff:
         raise UserError(f"train.init_from: {where} holds a different model (fields {diff[:4]}); "
                         "use the same model config")

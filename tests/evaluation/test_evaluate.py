@@ -11,7 +11,7 @@ import blt_jax
 from blt_jax.text import bpe
 from blt_jax.testing import oracles
 from blt_jax.tools import cli
-from blt_jax import config
+from blt_jax import config, overrides
 from blt_jax.pipeline import corpus
 from blt_jax.evaluation import evaluate, figures, robustness, sweep
 from helpers import make_workdir
@@ -234,7 +234,7 @@ def pathlib_exists(p):
 @pytest.mark.slow
 def test_compare_tiny_reduced(tmp_path):
     from blt_jax.evaluation import compare
-    cfg = config.load_experiment("experiments/compare_tiny.py:ci")
+    cfg = overrides.load_experiment("experiments/compare_tiny.py:ci")
     out = compare.run(cfg, tmp_path / "cmp", log=lambda *_: None)
     res = out["results"]
     assert set(res) == {"blt_entropy", "blt_space", "blt_static", "bpe"}

@@ -83,6 +83,40 @@ def test_fast_paths_equal_dense_oracle(variant):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-3)
 
 
+def _scan_lengths(fn):
+    """The lengths of the scans in fn's jaxpr (layer scans have the stack's depth)."""
+    return [e.params["length"] for e in jax.make_jaxpr(fn)().jaxpr.eqns
+            if e.primitive.name == "scan"]
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scanned_layers_equal_the_per_layer_loop(remat):
+    """scan_layers (lax.scan over the layers' stacked parameters) computes what the unrolled
+    loop does: BLT logits and every gradient, and a plain transformer's logits."""
+    ids = make_rows(2, 40, seed=3)
+    lengths = space_lengths(ids, 24)
+    gdef, st = build(tiny(n_layers_global=5, remat=remat, scan_layers=True))
+    gdef_loop, _ = build(tiny(n_layers_global=5, remat=remat, scan_layers=False))
+
+    def loss(g):
+        def f(s):
+            return -jnp.mean(jax.nn.log_softmax(nnx.merge(g, s)(ids, lengths))[..., 9])
+        return f
+    assert 5 in _scan_lengths(lambda: loss(gdef)(st))
+    assert 5 not in _scan_lengths(lambda: loss(gdef_loop)(st))
+    (a, ga), (b, gb) = (jax.jit(jax.value_and_grad(loss(g)))(st) for g in (gdef, gdef_loop))
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-5)
+    tcfg = config.model_preset("entropy_tiny")
+    tcfg.update(n_layers=5, scan_layers=True)
+    model = Transformer(tcfg, rngs=nnx.Rngs(2))
+    scanned = np.asarray(jax.jit(lambda i: model(i))(ids))
+    model.cfg.scan_layers = False
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda i: model(i))(ids)), scanned,
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_no_nan_with_empty_padding_and_virtual_patches():
     gdef, st = build(tiny())
     ids = make_rows(2, 20, seed=2)
@@ -203,7 +237,8 @@ def test_entropies_chunked_equal_full_row_and_rows_do_not_leak(entropy_model):
 @pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (2, 2, 2), (4, 1, 2)])
 def test_sharded_forward_and_grads_equal_unsharded(mesh_shape):
     assert jax.device_count() == 8
-    gdef, st = build(tiny(encoder_hash_byte_group_vocab=1024))
+    # (2, 2, 2) runs the latent as a scan over stacked layers: all-gathers inside the loop
+    gdef, st = build(tiny(encoder_hash_byte_group_vocab=1024, scan_layers=mesh_shape == (2, 2, 2)))
     ids = make_rows(8, 32, seed=6)
     lengths = space_lengths(ids, 16)
 

@@ -53,6 +53,6 @@ def transformer_jaxpr(dtype, window):
                          ids=["blt", "windowed", "causal"])
 def test_fp32_dots_are_highest_and_bf16_dots_default(build):
     fp32 = dot_precisions(build("float32"))
-    assert len(fp32) > 10 and all(is_highest(p) for p in fp32), fp32
+    assert len(fp32) >= 10 and all(is_highest(p) for p in fp32), fp32  # scanned: one body
     bf16 = dot_precisions(build("bfloat16"))
     assert len(bf16) == len(fp32) and not any(is_highest(p) for p in bf16), bf16

@@ -79,14 +79,14 @@ def test_every_golden_has_a_case():
 
 
 def test_multislice_sets_dcn_shape_that_the_config_accepts():
-    from blt_jax import config
+    from blt_jax import overrides
 
     out = dry_run(CASES["start_multislice"])
     assert "--node=all --worker=all" in out and "node-count" not in out
     override = "--config.mesh.dcn_shape=(2,1,1)"
     assert override in out
-    cfg = config.apply_overrides(config.load_experiment(str(ROOT / "experiments/blt_1b.py")),
-                                 [override])
+    cfg = overrides.apply_overrides(
+        overrides.load_experiment(str(ROOT / "experiments/blt_1b.py")), [override])
     assert tuple(cfg.mesh.dcn_shape) == (2, 1, 1)
     # a dcn_shape the user gives wins: the launcher adds none of its own
     mine = dry_run([*START, "--num-slices", "2", "--", "--config.mesh.dcn_shape=(1,2,1)"])

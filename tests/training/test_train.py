@@ -123,7 +123,12 @@ def test_blt_two_stage_recipe_and_eval_command(tmp_path, capsys):
     stored = json.loads((tmp_path / "blt" / "config.json").read_text())
     assert stored["model"]["patching"]["threshold"] == pytest.approx(cal["threshold"])
     assert stored["entropy"]["workdir"] == "entropy_model"  # self-contained workdir
-    assert summary["p_max"] > 2 and 0 <= summary["patch_padding"] < 1
+    sized = json.loads((tmp_path / "blt" / "patch_buffer.json").read_text())
+    assert stored["data"]["p_max"] == sized["p_max"] == summary["p_max"] > 2  # measured, recorded
+    assert sized["overflow_rows"] <= 0.01 and sized["rows"] >= 16
+    assert 0 <= summary["patch_padding"] < 1
+    blt.train.steps = 4  # a resumed run keeps the measured buffer (no second measurement)
+    assert train.run(blt, tmp_path / "blt")["p_max"] == sized["p_max"]
     assert cli.main(["eval", "--workdir", str(tmp_path / "blt"), "--max-batches", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["kind"] == "blt" and out["bpb"] > 0 and out["bytes"] > 0
