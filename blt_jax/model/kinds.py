@@ -25,6 +25,7 @@ from blt_jax.errors import UserError
 from blt_jax.model import flops
 from blt_jax.model.blt import BLT, check_inputs, patch_from_ids
 from blt_jax.model import transformer
+from blt_jax.pipeline.patch_packing import Packing
 from blt_jax.model.transformer import Transformer
 from blt_jax.text import bpe, patching
 from blt_jax.text.tokenizer import EOS_ID, VOCAB_SIZE, decode_bytes, encode
@@ -114,6 +115,9 @@ class Kind:
                             f"got {cfg.model.kind!r}")
         if self.byte_level and cfg.model.vocab_size != VOCAB_SIZE:
             raise UserError(f"model.vocab_size: byte models use {VOCAB_SIZE} ids")
+        if cfg.data.packing != "bytes" and not self.takes_patcher:
+            raise UserError(f"data.packing: a {self.name} run packs rows by bytes; "
+                            f"'{cfg.data.packing}' is for BLT runs")
 
     def resume(self, cfg: ml_collections.ConfigDict, stored: ml_collections.ConfigDict
                ) -> ml_collections.ConfigDict:
@@ -123,10 +127,15 @@ class Kind:
     def summary(self, cfg: ml_collections.ConfigDict, p_max: int) -> dict[str, Any]:
         return {}
 
-    def batch_spec(self, b: int, n: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    def batch_spec(self, cfg: ml_collections.ConfigDict) -> dict[str, tuple[tuple[int, ...], Any]]:
         """(shape, dtype) of every array in a training batch (the AOT compile check's input)."""
+        b, n = cfg.data.batch_size, cfg.data.seq_len
         return {"ids": ((b, n), jnp.int32), "targets": ((b, n), jnp.int32),
                 "mask": ((b, n), jnp.bool_)}
+
+    def packing(self, cfg: ml_collections.ConfigDict) -> Packing | None:
+        """How training rows are packed: None = by bytes (the pipeline's default)."""
+        return None
 
     # -- patching -------------------------------------------------------------------------
 
@@ -209,6 +218,29 @@ class Blt(Kind):
     def summary(self, cfg: ml_collections.ConfigDict, p_max: int) -> dict[str, Any]:
         return {"p_max": p_max, "threshold": cfg.model.patching.threshold}
 
+    def check(self, cfg: ml_collections.ConfigDict) -> None:
+        super().check(cfg)
+        if cfg.data.packing != "patches":
+            return
+        if cfg.data.p_max < 2:
+            raise UserError("data.p_max: packing by patches needs the patches per row, e.g. "
+                            "--config.data.p_max=3640 for 16384-byte rows at 4.5 bytes/patch")
+        if self.patch_rule(cfg.model).needs_entropies and cfg.data.source != "preprocessed":
+            raise UserError(f"data.packing: 'patches' with {cfg.model.patching.mode!r} patching "
+                            "reads stored entropies: use data.source='preprocessed' (blt-jax "
+                            "preprocess), or data.packing='bytes'")
+
+    def packing(self, cfg: ml_collections.ConfigDict) -> Packing | None:
+        if cfg.data.packing != "patches":
+            return None
+        return Packing(self.patch_rule(cfg.model), cfg.data.p_max, cfg.data.seq_len)
+
+    def batch_spec(self, cfg: ml_collections.ConfigDict) -> dict[str, tuple[tuple[int, ...], Any]]:
+        spec = super().batch_spec(cfg)
+        if self.packing(cfg) is not None:
+            spec["patch_lengths"] = ((cfg.data.batch_size, cfg.data.p_max), jnp.int32)
+        return spec
+
     def patch_rule(self, model_cfg: ml_collections.ConfigDict) -> patching.PatchRule:
         return config.patching_rule(model_cfg.patching)
 
@@ -230,7 +262,7 @@ class Blt(Kind):
         return self.patch_rule(cfg.model).needs_entropies and cfg.entropy.target_bytes_per_patch > 0
 
     def sizes_buffer(self, cfg: ml_collections.ConfigDict) -> bool:
-        return cfg.data.p_max == 0
+        return cfg.data.p_max == 0  # (packing by patches requires it given)
 
     def patcher_dir(self, cfg: ml_collections.ConfigDict) -> str:
         return cfg.entropy.workdir
@@ -325,8 +357,9 @@ class TokenBaseline(Kind):
     decoder = "tokens"
     trains_tokenizer = True
 
-    def batch_spec(self, b: int, n: int) -> dict[str, tuple[tuple[int, ...], Any]]:
-        return super().batch_spec(b, n) | {"nbytes": ((b, n), jnp.int32)}
+    def batch_spec(self, cfg: ml_collections.ConfigDict) -> dict[str, tuple[tuple[int, ...], Any]]:
+        b, n = cfg.data.batch_size, cfg.data.seq_len
+        return super().batch_spec(cfg) | {"nbytes": ((b, n), jnp.int32)}
 
     def codec(self, workdir: str | pathlib.Path) -> Codec:
         return TokenCodec(bpe.load(workdir))

@@ -56,6 +56,14 @@ def run_blocks(layers: Sequence[nnx.Module], remat: bool, h: jax.Array, pos_BxL:
     return h
 
 
+def _stack(*layer_vars: nnx.Variable) -> nnx.Variable:
+    """One parameter of every layer stacked on a new leading axis, sharded like one layer's
+    (the layer axis whole): without the constraint XLA may gather the whole stack."""
+    names = layer_vars[0].get_metadata().get("logical_axes")
+    value = jnp.stack([v.get_value() for v in layer_vars])
+    return layer_vars[0].replace(constrain(value, (None, *names)) if names else value)
+
+
 def scan_blocks(layers: Sequence[nnx.Module], remat: bool, h: jax.Array, pos_BxL: jax.Array,
                 attend: Attend) -> jax.Array:
     """The layer loop as lax.scan over the layers' parameters stacked at run time.
@@ -68,11 +76,12 @@ def scan_blocks(layers: Sequence[nnx.Module], remat: bool, h: jax.Array, pos_BxL
     rest = [nnx.split(block) for block in layers[1:]]
     if any(g != graphdef for g, _ in rest):
         raise ValueError("scan_blocks: the layers differ in structure; run them unrolled")
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), first, *(s for _, s in rest))
+    stacked = jax.tree.map(_stack, first, *(s for _, s in rest),
+                           is_leaf=lambda x: isinstance(x, nnx.Variable))
 
     def body(x: jax.Array, state: nnx.State) -> tuple[jax.Array, None]:
         return nnx.merge(graphdef, state)(x, pos_BxL, attend), None
-    h, _ = jax.lax.scan(jax.checkpoint(body) if remat else body, h, stacked)
+    h, _ = jax.lax.scan(jax.checkpoint(body, prevent_cse=False) if remat else body, h, stacked)
     return h
 
 

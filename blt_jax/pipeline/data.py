@@ -4,7 +4,7 @@ Sources share one interface, a random-access sequence of documents: the embedded
 text files / globs, JSONL (`text_field`), TFDS via `tfds.data_source` (ArrayRecord, no
 TensorFlow), and ArrayRecord shards written by `blt-jax preprocess` (bytes + float16 entropies).
 
-Packing (default for every model): **by bytes**. The document stream is concatenated and cut
+Packing (default for every model): **by bytes** (`data.packing="bytes"`). The document stream is concatenated and cut
 into rows of N + 1 ids (x = row[:N], y = row[1:]); BLT patches are computed inside the jitted
 step from the frozen entropy model (or the stored entropies) into a static P_max buffer. Why
 bytes, not the paper's fixed patches per row: patches then never need to be known on the host
@@ -12,6 +12,7 @@ bytes, not the paper's fixed patches per row: patches then never need to be know
 is nil. The cost moves to the patch buffer: unused P_max slots (reported as `patch_padding`)
 and rows needing more than P_max patches (merged into the last patch, reported as `overflow`).
 Each row starts mid-document with a fresh context, as in the reference's training rows.
+`data.packing="patches"` (training BLTs) is the paper's packing instead: see patch_packing.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from blt_jax.errors import UserError
 from blt_jax import paths
 from blt_jax.pipeline import corpus
+from blt_jax.pipeline.patch_packing import DocumentPatches, Packing, PatchRows
 from blt_jax.text import tokenizer
 
 HOLDOUT_EVERY = 20  # text/jsonl sources without a validation path hold out every 20th document
@@ -258,20 +260,25 @@ class MakeExample(grain.transforms.Map):
 
 def batches(docs: Sequence[Any], *, seq_len: int, batch_size: int, seed: int, train: bool,
             bpe_tokenizer: Any = None, shard: tuple[int, int] = (0, 1),
-            num_workers: int = 0) -> grain.DatasetIterator:
+            num_workers: int = 0, packing: Packing | None = None) -> grain.DatasetIterator:
     """A checkpointable grain iterator of {"ids", "targets", "mask", ...} batches (B, seq_len).
 
     train: shuffled with `seed`, repeated forever, full batches only. Otherwise one ordered pass
     whose last row and batch are zero-padded (mask False), so every byte is scored once.
+    `packing` (training BLTs): rows of a fixed number of patches, with their `patch_lengths`.
     """
     index, count = shard
     ds = grain.MapDataset.source(docs)[index::count]
     if train:
         ds = ds.seed(seed).shuffle().repeat(None)
     ds = ds.map(ByteIds() if bpe_tokenizer is None else TokenIds(bpe_tokenizer))
-    it = StreamRows(ds.to_iter_dataset(grain.ReadOptions(num_threads=0)), seq_len + 1,
-                    pad_last=not train)
-    it = it.map(MakeExample()).batch(batch_size, drop_remainder=train)
+    if packing is not None:
+        it = PatchRows(ds.map(DocumentPatches(packing.rule)).to_iter_dataset(
+            grain.ReadOptions(num_threads=0)), packing)
+    else:
+        it = StreamRows(ds.to_iter_dataset(grain.ReadOptions(num_threads=0)), seq_len + 1,
+                        pad_last=not train).map(MakeExample())
+    it = it.batch(batch_size, drop_remainder=train)
     if num_workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(it)
@@ -305,7 +312,7 @@ class ConcatBatches(grain.DatasetIterator):
 
 def train_batches(docs: Sequence[Any], *, seq_len: int, batch_size: int, seed: int,
                   loader_shards: int, process: tuple[int, int], bpe_tokenizer: Any = None,
-                  num_workers: int = 0) -> grain.DatasetIterator:
+                  num_workers: int = 0, packing: Packing | None = None) -> grain.DatasetIterator:
     """This process's rows of every global training batch (see ConcatBatches)."""
     index, count = process
     shards = loader_shards or count
@@ -314,7 +321,8 @@ def train_batches(docs: Sequence[Any], *, seq_len: int, batch_size: int, seed: i
                          f"processes and divide data.batch_size {batch_size}")
     per = shards // count
     its = [batches(docs, seq_len=seq_len, batch_size=batch_size // shards, seed=seed, train=True,
-                   bpe_tokenizer=bpe_tokenizer, shard=(k, shards), num_workers=num_workers)
+                   bpe_tokenizer=bpe_tokenizer, shard=(k, shards), num_workers=num_workers,
+                   packing=packing)
            for k in range(index * per, (index + 1) * per)]
     return its[0] if len(its) == 1 else ConcatBatches(its)
 

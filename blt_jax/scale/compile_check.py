@@ -108,9 +108,14 @@ def check(cfg: ml_collections.ConfigDict, topology: str,
     trainer = Trainer(cfg, mesh, frozen)
     state = _abstract(trainer.abstract, trainer.shardings)
     b, n = cfg.data.batch_size, cfg.data.seq_len
+    rows_over = mesh.shape["data"] * mesh.shape["fsdp"]
+    if (b // cfg.train.grad_accum) % rows_over:
+        raise UserError(f"data.batch_size: {b} rows ({b // cfg.train.grad_accum} per "
+                        f"micro-batch) do not split over the {rows_over} (data x fsdp) devices "
+                        f"of {name}; use a multiple of {rows_over} or a smaller slice")
     bs = NamedSharding(mesh, P(("data", "fsdp")))
     batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=bs)
-             for k, (shape, dtype) in kind.batch_spec(b, n).items()}
+             for k, (shape, dtype) in kind.batch_spec(cfg).items()}
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(trainer.abstract["params"]))
     hbm = hbm_gib * GIB if hbm_gib is not None else hbm_per_device(devices[0])
     head = {"topology": name, "devices": len(devices), "device_kind": devices[0].device_kind,

@@ -227,7 +227,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str,
     train_it = data.train_batches(docs, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                                   seed=cfg.seed, loader_shards=cfg.data.loader_shards,
                                   process=process, bpe_tokenizer=tok,
-                                  num_workers=cfg.data.num_workers)
+                                  num_workers=cfg.data.num_workers, packing=kind.packing(cfg))
     ck = cfg.checkpoint
     mngr = checkpoint.manager(workdir, save_every=ck.every, keep_latest=ck.keep_latest,
                               keep_every=ck.keep_every or None, keep_best=ck.keep_best,

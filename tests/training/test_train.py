@@ -147,6 +147,29 @@ def test_space_patched_blt_needs_no_entropy_model(tmp_path):
     assert len(model.generate("Hello", max_new_bytes=4, temperature=0.0)) <= 4
 
 
+def test_packing_by_patches_fills_the_latent_and_refuses_what_it_cannot_pack(tmp_path):
+    blt = small("blt", steps=3, eval_every=3)
+    blt.model.patching.mode = "space"
+    blt.data.update(packing="patches", p_max=8)  # ~45 of the 64 byte slots at ~5.6 bytes/patch
+    summary = train.run(blt, tmp_path / "blt")
+    blt.data.update(packing="bytes", p_max=0)  # the same BLT on byte rows, buffer measured
+    by_bytes = train.run(blt, tmp_path / "blt_bytes")
+    assert summary["p_max"] == 8 and summary["overflow_rate"] == 0
+    # empty slots: rows the byte cap ended early, and a last patch holding only the next id
+    assert summary["patch_padding"] < 0.1 < by_bytes["patch_padding"]
+    for fields, needle in ((dict(p_max=0), "data.p_max"), (dict(mode="global"), "preprocessed")):
+        bad = small("blt", steps=1)
+        bad.data.update(packing="patches", p_max=fields.get("p_max", 8))
+        bad.model.patching.mode = fields.get("mode", "space")
+        with pytest.raises(train.UserError, match=needle):
+            train.run(bad, tmp_path / "bad")
+    ent = small("entropy", steps=1)
+    ent.data.packing = "patches"
+    with pytest.raises(train.UserError, match="packs rows by bytes"):
+        train.run(ent, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
 def run_cli(*args, cwd=None):
     r = helpers.run_cli(*args, cwd=cwd)
     return r.returncode, r.stderr.strip()
