@@ -147,6 +147,29 @@ def check(cfg: ml_collections.ConfigDict, topology: str,
     }
 
 
+def smallest_accumulation(cfg: ml_collections.ConfigDict, topology: str,
+                          entropy_cfg: ml_collections.ConfigDict | None = None, *,
+                          headroom: float = 0.15, devices: list[Any] | None = None,
+                          hbm_gib: float | None = None) -> dict[str, Any]:
+    """The report of the smallest `train.grad_accum` (1, 2, 4, ...: micro-batches that still
+    split over the data x fsdp devices) whose step leaves `headroom` of HBM free; the last
+    one tried when none does. `tried` lists (accumulation, GiB per device) in order."""
+    b, tried = cfg.data.batch_size, []
+    accum = 1
+    while True:
+        report = check(config.replaced(cfg, {"train.grad_accum": accum}), topology, entropy_cfg,
+                       devices=devices, hbm_gib=hbm_gib) | {"grad_accum": accum}
+        used = report["total_gib"] if report["total_gib"] == report["total_gib"] \
+            else report["temp_gib"]
+        tried.append((accum, round(used, 2)))
+        report["tried"] = tried
+        report["fits"] = bool(report["fits"] and used <= (1.0 - headroom) * report["hbm_gib"])
+        rows_over = report["mesh"]["data"] * report["mesh"]["fsdp"]
+        if report["fits"] or b % (2 * accum) or (b // (2 * accum)) % rows_over:
+            return report
+        accum *= 2
+
+
 def format_report(r: dict[str, Any]) -> str:
     if "error" in r:
         return (f"{r['topology']}: {r['devices']} x {r['device_kind']}, mesh {r['mesh']}, batch "
@@ -154,8 +177,10 @@ def format_report(r: dict[str, Any]) -> str:
                 f"DOES NOT FIT: XLA needs {r['temp_gib']:.1f} GiB of temporaries per device, the "
                 f"chip has {r['hbm_gib']:.1f} GiB; shrink data.batch_size, enable model.remat, "
                 "use a bigger slice or shard more (mesh.shape)")
+    accum = (f", {r['grad_accum']} micro-batches (tried {r['tried']})"
+             if "grad_accum" in r else "")
     lines = [f"{r['topology']}: {r['devices']} x {r['device_kind']}, mesh {r['mesh']}, batch "
-             f"{r['batch'][0]} x {r['batch'][1]}, {r['params'] / 1e9:.2f}B parameters",
+             f"{r['batch'][0]} x {r['batch'][1]}{accum}, {r['params'] / 1e9:.2f}B parameters",
              f"per device: arguments {r['argument_gib']:.2f} GiB + outputs {r['output_gib']:.2f} "
              f"GiB - aliased {r['alias_gib']:.2f} GiB + temporaries {r['temp_gib']:.2f} GiB = "
              f"{r['total_gib']:.2f} GiB of {r['hbm_gib']:.1f} GiB HBM "

@@ -275,6 +275,10 @@ def _compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", required=True, help="TPU topology (v5p:4x4x4, v5e:16x16, "
                    "v6e:8x8) or accelerator type (v5p-64, v5litepod-256)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--grad-accum", choices=["auto"], default=None,
+                   help="auto: the smallest train.grad_accum whose step fits with --headroom")
+    p.add_argument("--headroom", type=float, default=0.15,
+                   help="with --grad-accum auto: fraction of HBM that must stay free")
 
 
 @command("compile-check", "AOT-compile the train step for a TPU slice on this machine and "
@@ -289,8 +293,11 @@ def _compile_check(args: argparse.Namespace, extra: list[str]) -> int:
         compile_check.topology_name(args.topology)  # parses only the flag's text
     except ValueError as e:
         raise UserError(f"--{e}") from None
+    if not 0.0 <= args.headroom < 1.0:
+        raise UserError(f"--headroom: a fraction in [0, 1), got {args.headroom}")
     cfg = overrides.apply_overrides(overrides.load_experiment(args.config), extra)
-    report = compile_check.check(cfg, args.topology)
+    report = compile_check.smallest_accumulation(cfg, args.topology, headroom=args.headroom) \
+        if args.grad_accum == "auto" else compile_check.check(cfg, args.topology)
     print(json.dumps(report, indent=2) if args.json else compile_check.format_report(report))
     return 0 if report["fits"] else 3
 

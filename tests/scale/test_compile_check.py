@@ -44,6 +44,23 @@ def test_report_on_fake_devices_fits_or_not():
     assert not tight["fits"] and "DOES NOT FIT" in compile_check.format_report(tight)
 
 
+def test_auto_accumulation_picks_the_smallest_that_leaves_the_headroom():
+    cfg, ent = small_blt(), config.model_preset("entropy_tiny")
+    cfg.data.batch_size = 32  # micro-batches of 32, 16, 8 rows split over 8 devices
+    one = compile_check.check(cfg, "cpu:8", ent, devices=jax.devices(), hbm_gib=16.0)
+    four = compile_check.check(config.replaced(cfg, {"train.grad_accum": 4}), "cpu:8", ent,
+                               devices=jax.devices(), hbm_gib=16.0)
+    assert four["total_gib"] < one["total_gib"]  # accumulation shrinks the step's temporaries
+    hbm = one["total_gib"] / 0.85 * 0.99  # one micro-batch misses the 15% headroom by 1%
+    r = compile_check.smallest_accumulation(cfg, "cpu:8", ent, devices=jax.devices(),
+                                            hbm_gib=hbm)
+    assert r["tried"][0][0] == 1 and r["grad_accum"] in (2, 4) and r["fits"]
+    assert r["total_gib"] <= 0.85 * hbm and "micro-batches" in compile_check.format_report(r)
+    none = compile_check.smallest_accumulation(cfg, "cpu:8", ent, devices=jax.devices(),
+                                               hbm_gib=four["total_gib"] / 2)
+    assert not none["fits"] and [a for a, _ in none["tried"]] == [1, 2, 4]
+
+
 def test_cli_without_libtpu_or_bad_topology_is_one_line():
     r = run_cli("compile-check", "--config", str(ROOT / "experiments" / "blt_1b.py"), "--topology", "v5p-96")
     assert r.returncode == 2 and "topology" in r.stderr and "Traceback" not in r.stderr
