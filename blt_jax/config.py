@@ -48,7 +48,7 @@ def patching_rule(cfg: ml_collections.ConfigDict) -> patching.PatchRule:
 # between a checkpoint and the run that loads it, and stored configs without them take these.
 # scan_layers (lax.scan over the layers) is on in the train-step benchmark; off by default:
 # XLA:CPU deadlocked (an all-gather rendezvous timeout) on training loops with scanned FSDP
-# layers over 8 fake CPU devices, and on TPU the scanned 1B step needs 3x the temporaries.
+# layers over 8 fake CPU devices in one process.
 RUNTIME_DEFAULTS = dict(dtype="float32", attention_impl="fast", local_attention_block=128,
                         attention_chunk=512, remat=False, scan_layers=False)
 
@@ -223,8 +223,6 @@ def paper_experiment(kind: str, preset: str, *, seq_len: int, batch_size: int,
 
     AdamW β 0.9/0.95, ε 1e-8, weight decay 0.1, lr 4e-4, 2000 warm-up steps, cosine to 0,
     clipping 1.0; bf16 compute with fp32 parameters, rematerialised layers; C4 from TFDS.
-    Layers stay unrolled: scanned, the 1B step compiles for v5p-64 in 50 s instead of many
-    minutes but needs 117 GiB of temporaries per chip instead of 37 (README, compile-check).
     """
     c = experiment_config(kind, model_preset(preset))
     c.model.update(dtype="bfloat16", remat=True)

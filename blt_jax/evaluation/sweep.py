@@ -11,6 +11,8 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Sequence
 
+import numpy as np
+
 from blt_jax import config
 from blt_jax.errors import UserError
 from blt_jax.evaluation import evaluate
@@ -18,7 +20,7 @@ from blt_jax.inference import api
 from blt_jax.pipeline import data
 from blt_jax.scale import sharding
 from blt_jax.training.scorer import Scorer
-from blt_jax.training.calibration import calibrate_threshold
+from blt_jax.training.calibration import calibrate_threshold, calibration_rows
 
 
 def run(workdir: str | pathlib.Path, *, thresholds: Sequence[float] = (),
@@ -35,8 +37,8 @@ def run(workdir: str | pathlib.Path, *, thresholds: Sequence[float] = (),
     points: list[tuple[float, float | None]] = [(float(t), None) for t in thresholds]
     for target in targets:
         cfg = config.replaced(base, {"entropy.target_bytes_per_patch": float(target)})
-        points.append((calibrate_threshold(cfg, model.entropy_model.entropies)["threshold"],
-                       float(target)))
+        h = np.asarray(model.entropy_model.entropies(calibration_rows(cfg)))
+        points.append((calibrate_threshold(cfg, h)["threshold"], float(target)))
     rows = []
     for theta, target in points:
         # no overflow: every patch is real

@@ -78,23 +78,46 @@ def _attend(q_XxRxQxD: jax.Array, k_XxKxD: jax.Array, v_XxKxD: jax.Array,
 
 
 def _map_heads(q_BxGx: jax.Array, k_BxGx: jax.Array, v_BxGx: jax.Array,
-               mask_Bx: jax.Array) -> jax.Array:
-    """Runs :func:`_attend` once per (row, kv head) under a rematerialised lax.map.
+               mask_Bx: jax.Array, blocks: bool = False) -> jax.Array:
+    """Runs :func:`_attend` one slice at a time under a rematerialised lax.map.
 
     Each iteration's scores stay a few MiB (cache-resident, buffers reused), where one batched
-    call materialises B·G times that and pays page faults and full-size transposes for it on
-    XLA:CPU; the backward recomputes one slice at a time for the same reason.
+    call materialises all of them and pays page faults and full-size transposes for it on
+    XLA:CPU; the backward recomputes one slice at a time for the same reason. On one device a
+    slice is one (row, kv head). When the batch is sharded it is one kv head (and, for local
+    attention's query blocks, `blocks`, one block) over every row: a loop over a sharded axis
+    makes XLA gather it, and every device then ran the global batch (the 1B step needed 117
+    GiB of temporaries per chip on v5p-64, the same at any depth and any slice size).
     """
     b, g = q_BxGx.shape[:2]
-    flat = lambda x: x.reshape((b * g,) + x.shape[2:])  # noqa: E731
+    mesh = jax.sharding.get_abstract_mesh()
+    sharded = not mesh.empty and mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1) > 1
+    if not sharded:
+        flat = lambda x: x.reshape((b * g,) + x.shape[2:])  # noqa: E731
 
-    def one(args: tuple[jax.Array, ...]) -> jax.Array:
+        def one_row(args: tuple[jax.Array, ...]) -> jax.Array:
+            q, k, v, i = args
+            return _attend(q, k, v, mask_Bx[i // g])
+
+        out = jax.lax.map(jax.checkpoint(one_row), (flat(q_BxGx), flat(k_BxGx), flat(v_BxGx),
+                                                    jnp.arange(b * g)))
+        return out.reshape((b, g) + out.shape[1:])
+    nb = q_BxGx.shape[2] if blocks else 1
+    keep = 3 if blocks else 2  # the dims after the loop dims (G[, nb])
+
+    def lead(x: jax.Array) -> jax.Array:  # (B, G[, nb], ...) -> (G·nb, B, ...)
+        return jnp.moveaxis(x, 0, keep - 1).reshape((g * nb, b) + x.shape[keep:])
+
+    def one_slice(args: tuple[jax.Array, ...]) -> jax.Array:
         q, k, v, i = args
-        return _attend(q, k, v, mask_Bx[i // g])
+        mask = jax.lax.dynamic_index_in_dim(mask_Bx, i % nb, axis=1, keepdims=False) \
+            if blocks else mask_Bx
+        return _attend(q, k, v, mask)
 
-    out = jax.lax.map(jax.checkpoint(one), (flat(q_BxGx), flat(k_BxGx), flat(v_BxGx),
-                                            jnp.arange(b * g)))
-    return out.reshape((b, g) + out.shape[1:])
+    out = jax.lax.map(jax.checkpoint(one_slice), (lead(q_BxGx), lead(k_BxGx), lead(v_BxGx),
+                                                  jnp.arange(g * nb)))
+    out = out.reshape((g, nb, b) + out.shape[2:] if blocks else (g, b) + out.shape[2:])
+    return jnp.moveaxis(out, keep - 1, 0)
 
 
 def local_attention(q_BxNxHxD: jax.Array, k_BxNxGxD: jax.Array, v_BxNxGxD: jax.Array,
@@ -134,7 +157,7 @@ def local_attention(q_BxNxHxD: jax.Array, k_BxNxGxD: jax.Array, v_BxNxGxD: jax.A
     pos_k = windows((jnp.arange((nb + m) * c) - m * c).reshape(1, nb + m, c))[0]
     delta = pos_q[:, :, None] - pos_k[:, None, :]  # (nb, C, (m+1)C)
     mask = ((delta >= 0) & (delta < window))[None] & (seg_q[..., None] == seg_k[:, :, None, :])
-    out = _map_heads(q, k, v, mask)  # (B, G, nb, R, C, D)
+    out = _map_heads(q, k, v, mask, blocks=True)  # (B, G, nb, R, C, D)
     out = out.transpose(0, 2, 4, 1, 3, 5)  # (B, nb, C, G, R, D)
     return out.reshape(b, nb * c, h, d)[:, :n]
 

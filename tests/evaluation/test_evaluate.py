@@ -165,6 +165,8 @@ def test_sweep_larger_patches_fewer_flops(models, tmp_path):
     assert rows[0]["flops_per_byte"] > rows[-1]["flops_per_byte"]
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "threshold" in sweep.format_rows(rows)
+    (aimed,) = sweep.run(models["blt"].workdir, targets=[3.0], max_batches=2)  # calibrated
+    assert aimed["target_bytes_per_patch"] == 3.0 and 2.0 < aimed["bytes_per_patch"] < 4.5
 
 
 def test_noise_transforms_are_seeded_and_do_what_they_say():
