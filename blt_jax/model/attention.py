@@ -92,30 +92,25 @@ def _map_heads(q_BxGx: jax.Array, k_BxGx: jax.Array, v_BxGx: jax.Array,
     b, g = q_BxGx.shape[:2]
     mesh = jax.sharding.get_abstract_mesh()
     sharded = not mesh.empty and mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1) > 1
-    if not sharded:
-        flat = lambda x: x.reshape((b * g,) + x.shape[2:])  # noqa: E731
+    nb = q_BxGx.shape[2] if blocks and sharded else 1
+    keep = 3 if blocks and sharded else 2  # dims before the per-slice operands
+    if sharded:  # slices (G[, nb]) over every row: (B, G[, nb], ...) -> (G·nb, B, ...)
+        lead = lambda x: jnp.moveaxis(x, 0, keep - 1).reshape(  # noqa: E731
+            (g * nb, b) + x.shape[keep:])
+        mask_of = lambda i: jax.lax.dynamic_index_in_dim(  # noqa: E731
+            mask_Bx, i % nb, axis=1, keepdims=False) if blocks else mask_Bx
+    else:  # slices (B, G): (B, G, ...) -> (B·G, ...)
+        lead = lambda x: x.reshape((b * g,) + x.shape[2:])  # noqa: E731
+        mask_of = lambda i: mask_Bx[i // g]  # noqa: E731
 
-        def one_row(args: tuple[jax.Array, ...]) -> jax.Array:
-            q, k, v, i = args
-            return _attend(q, k, v, mask_Bx[i // g])
-
-        out = jax.lax.map(jax.checkpoint(one_row), (flat(q_BxGx), flat(k_BxGx), flat(v_BxGx),
-                                                    jnp.arange(b * g)))
-        return out.reshape((b, g) + out.shape[1:])
-    nb = q_BxGx.shape[2] if blocks else 1
-    keep = 3 if blocks else 2  # the dims after the loop dims (G[, nb])
-
-    def lead(x: jax.Array) -> jax.Array:  # (B, G[, nb], ...) -> (G·nb, B, ...)
-        return jnp.moveaxis(x, 0, keep - 1).reshape((g * nb, b) + x.shape[keep:])
-
-    def one_slice(args: tuple[jax.Array, ...]) -> jax.Array:
+    def one(args: tuple[jax.Array, ...]) -> jax.Array:
         q, k, v, i = args
-        mask = jax.lax.dynamic_index_in_dim(mask_Bx, i % nb, axis=1, keepdims=False) \
-            if blocks else mask_Bx
-        return _attend(q, k, v, mask)
+        return _attend(q, k, v, mask_of(i))
 
-    out = jax.lax.map(jax.checkpoint(one_slice), (lead(q_BxGx), lead(k_BxGx), lead(v_BxGx),
-                                                  jnp.arange(g * nb)))
+    out = jax.lax.map(jax.checkpoint(one), (lead(q_BxGx), lead(k_BxGx), lead(v_BxGx),
+                                            jnp.arange(g * nb if sharded else b * g)))
+    if not sharded:
+        return out.reshape((b, g) + out.shape[1:])
     out = out.reshape((g, nb, b) + out.shape[2:] if blocks else (g, b) + out.shape[2:])
     return jnp.moveaxis(out, keep - 1, 0)
 

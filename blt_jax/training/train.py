@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ from blt_jax import config, paths
 from blt_jax.model import factory, kinds
 from blt_jax.pipeline import data
 from blt_jax.scale import distributed, sharding
-from blt_jax.text import bpe, patching
+from blt_jax.text import bpe
 from blt_jax.training import (calibration, checkpoint, metrics, objective, optim, preflight,
                               provenance, warmstart)
 from blt_jax.training.scorer import Scorer
