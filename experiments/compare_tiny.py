@@ -4,7 +4,7 @@ patching vs the BPE baseline at equal training FLOPs (paper Tables 1/3 and Figur
     blt-jax compare --config experiments/compare_tiny.py --workdir runs/compare_tiny
     blt-jax compare --config experiments/compare_tiny.py:ci --workdir runs/compare_ci   # reduced
 
-The full version takes about 45 minutes on 2 CPU cores; `:ci` is the reduced run CI executes.
+The full version takes about 17 minutes on 2 CPU cores; `:ci` is the reduced run CI executes.
 """
 
 import ml_collections

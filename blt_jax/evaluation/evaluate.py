@@ -161,8 +161,11 @@ def score(model: api.Model, docs: Sequence[Any], *, seq_len: int | None = None,
     if max_batches is None and stats["scored_bytes"] != n_bytes:
         raise RuntimeError(f"evaluate: windows cover {stats['scored_bytes']:.0f} bytes but the "
                            f"scorer counted {n_bytes:.0f}")
-    result.update(flops_per_byte(model, width, out.get("eval_bytes_per_patch"),
-                                 _bytes_per_token(ids, nbytes)))
+    per_token = _bytes_per_token(ids, nbytes)
+    # the attention term sees the context a window holds, not the padded buffer: a byte budget
+    # holds n / (bytes per token) tokens (`width` is the longest such window, up to n ids)
+    n_ctx = n / per_token if in_bytes and per_token else width
+    result.update(flops_per_byte(model, n_ctx, out.get("eval_bytes_per_patch"), per_token))
     if "eval_bytes_per_patch" in out:
         result.update(bytes_per_patch=out["eval_bytes_per_patch"],
                       patch_padding=out["eval_patch_padding"],
@@ -179,7 +182,7 @@ def _bytes_per_token(ids: np.ndarray, nbytes: np.ndarray | None) -> float | None
     return None if nbytes is None else float(nbytes.sum() / max(len(ids), 1))
 
 
-def flops_per_byte(model: api.Model, n_ctx: int, bytes_per_patch: float | None,
+def flops_per_byte(model: api.Model, n_ctx: float, bytes_per_patch: float | None,
                    bytes_per_token: float | None) -> dict[str, float]:
     """Inference FLOPs per byte by the paper's formulas (BLT with and without its patcher)."""
     patcher = patcher_of(model)

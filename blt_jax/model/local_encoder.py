@@ -3,6 +3,7 @@ cross-attention in which k queries per patch (max-pool initialised) read that pa
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -13,7 +14,7 @@ from flax import nnx
 from blt_jax.model import attention
 from blt_jax.text import hashing
 from blt_jax.model.layers import Attend, CrossAttention, Embedding, Linear, depth_factor
-from blt_jax.scale.sharding import constrain
+from blt_jax.scale.sharding import constrain, fitted_spec
 from blt_jax.text.tokenizer import VOCAB_SIZE
 from blt_jax.model.transformer import (capturing, compute_dtype, local_attend, make_blocks,
                                        per_layer, run_block)
@@ -28,6 +29,45 @@ def hash_bucket_ids(cfg: ml_collections.ConfigDict, ids_BxN: jax.Array) -> jax.A
             t = len(cols)
             cols.append(hashing.ngram_buckets(ids_BxN, n, vocab, prime_index=f) + t * vocab)
     return jnp.stack(cols, axis=-1)
+
+
+def hash_embedding_sum(cfg: ml_collections.ConfigDict, table_RxD: jax.Array, ids_BxN: jax.Array,
+                       dtype: jnp.dtype) -> jax.Array:
+    """Σ_t E_t[hash_t(ids)] -> (B, N, D).
+
+    The table's columns are split over fsdp and the rows of the batch over (data, fsdp). Left to
+    GSPMD, that conflict made XLA look up every table for the *global* batch and reshard the
+    (B, N, T, D/fsdp) result, about 38 GiB per chip for the 1B step at 256 x 16384 bytes.
+    Under such a mesh the lookup runs in a shard_map instead: gather the byte ids of the fsdp
+    group (B·N int32), hash and look up its own columns, sum the T tables there, and trade
+    rows for columns with one all-to-all, so nothing larger than (B/data, N, D/fsdp) exists.
+    """
+    def lookup(t_RxD: jax.Array, i_BxN: jax.Array) -> jax.Array:
+        # gather, then cast: the table's gradient accumulates in the table's own precision
+        return jnp.take(t_RxD, hash_bucket_ids(cfg, i_BxN), axis=0).astype(dtype).sum(axis=2)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return lookup(table_RxD, ids_BxN)
+    cols = fitted_spec(("hash_vocab", "hash_embed"), table_RxD.shape, mesh)[1]
+    rows = fitted_spec(("batch", "length"), ids_BxN.shape, mesh)[0]
+    cols_t = (cols,) if isinstance(cols, str) else tuple(cols or ())
+    rows_t = (rows,) if isinstance(rows, str) else tuple(rows or ())
+    if math.prod(mesh.shape[a] for a in cols_t) == 1 or not set(cols_t) <= set(rows_t):
+        return lookup(table_RxD, ids_BxN)  # no conflict to resolve: GSPMD does it well
+
+    def local(t_RxDc: jax.Array, i_BrxN: jax.Array) -> jax.Array:
+        i_BcxN = jax.lax.all_gather(i_BrxN, cols_t, axis=0, tiled=True)
+        b, n = i_BcxN.shape
+        h_TxM = jnp.moveaxis(hash_bucket_ids(cfg, i_BcxN), -1, 0).reshape(-1, b * n)
+        # bytes on the minor axis: TPU tiles pad a minor axis to 128 lanes, and D/fsdp is small
+        # (16 at 1B on 64 chips), so (…, D/fsdp) buffers would take 8x their size
+        e_DcxM = jnp.take(t_RxDc.T, h_TxM, axis=1).astype(dtype).sum(axis=1)
+        e_DxMr = jax.lax.all_to_all(e_DcxM, cols_t, 1, 0, tiled=True)
+        return e_DxMr.T.reshape(b // math.prod(mesh.shape[a] for a in cols_t), n, -1)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(jax.P(None, cols), jax.P(rows)),
+                         out_specs=jax.P(rows))(table_RxD, ids_BxN)
 
 
 class LocalEncoder(nnx.Module):
@@ -60,7 +100,8 @@ class LocalEncoder(nnx.Module):
         """e_i = E_byte[x_i] + Σ_t E_t[hash_t(i)] (no 1/(T+1) scaling: follow the code)."""
         e = self.tok_embeddings(ids_BxN)
         if self.hash_embeddings is not None:
-            e = e + self.hash_embeddings(hash_bucket_ids(self.cfg, ids_BxN)).sum(axis=2)
+            e = e + hash_embedding_sum(self.cfg, self.hash_embeddings.embedding[...], ids_BxN,
+                                       self.hash_embeddings.dtype)
         return constrain(e, ("batch", "length", "act_embed"))
 
     def pool_queries(self, pooled_BxPxD: jax.Array) -> jax.Array:

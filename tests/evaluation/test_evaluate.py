@@ -130,6 +130,12 @@ def test_same_byte_context_and_bytes_for_every_model(models):
     # the BPE result is the hand sum over its byte-budget windows
     m = models["bpe"]
     ids, nb = evaluate.stream(m, docs)
+    # its FLOPs/byte charge attention over the tokens 20 bytes hold, not the padded window
+    from blt_jax.model import flops
+    per_token = nb.sum() / len(ids)
+    want = flops.transformer_flops_per_token(m.model_config, 20 / per_token) / per_token
+    assert res["bpe"]["flops_per_byte"] == pytest.approx(want, rel=1e-9)
+    assert res["bpe"]["bytes_per_token"] == pytest.approx(per_token)
     nats = 0.0
     for b in evaluate.windows(ids, nb, 20, None, 1, in_bytes=True):
         logits = m.logits(b["ids"]).astype(np.float64)

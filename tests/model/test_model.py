@@ -255,6 +255,11 @@ def test_sharded_forward_and_grads_equal_unsharded(mesh_shape):
         st_s = jax.device_put(st, shardings)
         got_loss, got_grads = jax.jit(jax.value_and_grad(loss))(
             st_s, jax.device_put(ids, batch), jax.device_put(lengths, batch))
+        jaxpr = str(jax.make_jaxpr(loss)(st_s, jax.device_put(ids, batch),
+                                         jax.device_put(lengths, batch)))
+    # batch-sharded ids meet column-sharded tables only when fsdp > 1: then the n-gram lookup
+    # runs shard-local (ids gathered, one all-to-all), never as a global-batch gather
+    assert ("all_to_all" in jaxpr) == (mesh.shape["fsdp"] > 1)
     table = st_s["local_encoder"]["hash_embeddings"]["embedding"]
     # hash-table columns are split over fsdp (rows stay whole: gathers are shard-local)
     assert tuple(table.get_value().sharding.spec)[:2] == (None, "fsdp")
