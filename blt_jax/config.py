@@ -222,10 +222,11 @@ def paper_experiment(kind: str, preset: str, *, seq_len: int, batch_size: int,
     """The paper-scale recipe shared by experiments/{entropy_100m,blt_*,bpe_*}.py (paper §4.8).
 
     AdamW β 0.9/0.95, ε 1e-8, weight decay 0.1, lr 4e-4, 2000 warm-up steps, cosine to 0,
-    clipping 1.0; bf16 compute with fp32 parameters, rematerialised layers; C4 from TFDS.
+    clipping 1.0; bf16 compute with fp32 parameters, rematerialised layers scanned as one loop
+    body (TPU compiles in about a minute instead of 15-36); C4 from TFDS.
     """
     c = experiment_config(kind, model_preset(preset))
-    c.model.update(dtype="bfloat16", remat=True)
+    c.model.update(dtype="bfloat16", remat=True, scan_layers=True)
     c.data.update(source="tfds", tfds_name="c4/en:3.1.0", tfds_eval_split="validation")
     c.data.update(seq_len=seq_len, batch_size=batch_size, p_max=p_max, eval_batch_size=64)
     c.optim.update(lr=4e-4, warmup_steps=2000, schedule="cosine", min_lr_ratio=0.0, clip=1.0)

@@ -97,8 +97,11 @@ def check(cfg: ml_collections.ConfigDict, topology: str,
 
     name = topology_name(topology) if devices is None else topology
     devices = devices if devices is not None else _devices(name)
-    mesh = sharding.make_mesh(tuple(cfg.mesh.shape), devices=devices,
-                              dcn_shape=tuple(cfg.mesh.dcn_shape))
+    try:
+        mesh = sharding.make_mesh(tuple(cfg.mesh.shape), devices=devices,
+                                  dcn_shape=tuple(cfg.mesh.dcn_shape))
+    except ValueError as e:
+        raise UserError(f"{e} (for {name})") from None
     kind = kinds.of(cfg)
     frozen = None
     if kind.takes_patcher:

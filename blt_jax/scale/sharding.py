@@ -39,6 +39,12 @@ RULES: tuple[tuple[str, Any], ...] = (
 )
 _RULES = dict(RULES)
 
+# Where a rule's mesh axes do not divide a dimension (8B: 1280 hash columns on 512 chips), the
+# dimension is replicated; a fallback names another dimension that then takes those axes, so a
+# 46 GiB table never ends up whole on every chip. Rows on fsdp make XLA gather the table for a
+# batch-sharded lookup, which costs temporaries, not a replicated table and optimizer state.
+FALLBACKS: dict[str, str] = {"hash_embed": "hash_vocab"}
+
 
 def logical_spec(names: Sequence[str | None]) -> P:
     """PartitionSpec for logical names; KeyError on a name missing from RULES."""
@@ -58,8 +64,14 @@ def _axis_size(mesh: jax.sharding.Mesh, axes: Any) -> int:
 def fitted_spec(names: Sequence[str | None], shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
     """logical_spec, replicating any dimension the mesh axes do not divide evenly."""
     spec = logical_spec(names)
-    return P(*(axes if dim % _axis_size(mesh, axes) == 0 else None
-               for axes, dim in zip(spec, shape)))
+    out = [axes if dim % _axis_size(mesh, axes) == 0 else None for axes, dim in zip(spec, shape)]
+    for i, (name, axes) in enumerate(zip(names, spec)):
+        heir = FALLBACKS.get(name) if axes is not None and out[i] is None else None
+        if heir is not None and heir in names:
+            j = list(names).index(heir)
+            if out[j] is None and shape[j] % _axis_size(mesh, axes) == 0:
+                out[j] = axes
+    return P(*out)
 
 
 def np_prod(xs: Sequence[int]) -> int:
@@ -135,4 +147,9 @@ def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[Any] | None =
     if total != len(devices):
         raise ValueError(f"mesh: {sizes} needs {total} devices, {len(devices)} available")
     auto = (jax.sharding.AxisType.Auto,) * 3
-    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
+    try:
+        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
+    except NotImplementedError as e:  # a TPU torus cannot host this shape
+        raise ValueError(f"mesh: {sizes} does not map onto these chips' physical axes "
+                         f"({str(e).split('.')[0][:120]}); use sizes that are products of the "
+                         "slice's axes, e.g. (8, 64, 1) on 8x8x8") from None

@@ -64,3 +64,11 @@ def test_auto_accumulation_picks_the_smallest_that_leaves_the_headroom():
 def test_cli_without_libtpu_or_bad_topology_is_one_line():
     r = run_cli("compile-check", "--config", str(ROOT / "experiments" / "blt_1b.py"), "--topology", "v5p-96")
     assert r.returncode == 2 and "topology" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_mesh_the_slice_cannot_host_is_one_line():
+    cfg, ent = small_blt(), config.model_preset("entropy_tiny")
+    cfg.mesh.shape = (1, 16, 1)  # 16 chips asked of an 8-chip slice
+    from blt_jax.errors import UserError
+    with pytest.raises(UserError, match=r"mesh: \[1, 16, 1\] needs 16 devices.*cpu:8"):
+        compile_check.check(cfg, "cpu:8", ent, devices=jax.devices(), hbm_gib=16.0)
