@@ -58,8 +58,9 @@ def _devices(name: str) -> list[Any]:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=name).devices)
     except Exception as e:  # libtpu missing, busy, or an unknown name
         if "lockfile" in str(e):
-            raise UserError("topology: libtpu is in use by another process on this machine "
-                            "(one compile-check at a time); wait for it to finish") from None
+            raise UserError("topology: libtpu is in use by another JAX process on this machine "
+                            "(any JAX run loads it once the TPU extra is installed); wait for it, "
+                            "or set ALLOW_MULTIPLE_LIBTPU_LOAD=1") from None
         raise UserError(f"topology: cannot describe {name!r} ({str(e).splitlines()[0][:200]}); "
                         "install the TPU extra: pip install 'blt-jax[tpu]'") from None
 
