@@ -53,7 +53,8 @@ def hash_embedding_sum(cfg: ml_collections.ConfigDict, table_RxD: jax.Array, ids
     rows = fitted_spec(("batch", "length"), ids_BxN.shape, mesh)[0]
     cols_t = (cols,) if isinstance(cols, str) else tuple(cols or ())
     rows_t = (rows,) if isinstance(rows, str) else tuple(rows or ())
-    if math.prod(mesh.shape[a] for a in cols_t) == 1 or not set(cols_t) <= set(rows_t):
+    group = math.prod(mesh.shape[a] for a in cols_t)  # chips splitting the columns
+    if group == 1 or not set(cols_t) <= set(rows_t):
         return lookup(table_RxD, ids_BxN)  # no conflict to resolve: GSPMD does it well
 
     def local(t_RxDc: jax.Array, i_BrxN: jax.Array) -> jax.Array:
@@ -64,7 +65,7 @@ def hash_embedding_sum(cfg: ml_collections.ConfigDict, table_RxD: jax.Array, ids
         # (16 at 1B on 64 chips), so (…, D/fsdp) buffers would take 8x their size
         e_DcxM = jnp.take(t_RxDc.T, h_TxM, axis=1).astype(dtype).sum(axis=1)
         e_DxMr = jax.lax.all_to_all(e_DcxM, cols_t, 1, 0, tiled=True)
-        return e_DxMr.T.reshape(b // math.prod(mesh.shape[a] for a in cols_t), n, -1)
+        return e_DxMr.T.reshape(b // group, n, -1)
 
     return jax.shard_map(local, mesh=mesh, in_specs=(jax.P(None, cols), jax.P(rows)),
                          out_specs=jax.P(rows))(table_RxD, ids_BxN)
