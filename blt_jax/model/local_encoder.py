@@ -3,7 +3,6 @@ cross-attention in which k queries per patch (max-pool initialised) read that pa
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import jax
@@ -14,6 +13,7 @@ from flax import nnx
 from blt_jax.model import attention
 from blt_jax.text import hashing
 from blt_jax.model.layers import Attend, CrossAttention, Embedding, Linear, depth_factor
+from blt_jax.scale import sharding
 from blt_jax.scale.sharding import constrain, fitted_spec
 from blt_jax.text.tokenizer import VOCAB_SIZE
 from blt_jax.model.transformer import (capturing, compute_dtype, local_attend, make_blocks,
@@ -51,10 +51,9 @@ def hash_embedding_sum(cfg: ml_collections.ConfigDict, table_RxD: jax.Array, ids
         return lookup(table_RxD, ids_BxN)
     cols = fitted_spec(("hash_vocab", "hash_embed"), table_RxD.shape, mesh)[1]
     rows = fitted_spec(("batch", "length"), ids_BxN.shape, mesh)[0]
-    cols_t = (cols,) if isinstance(cols, str) else tuple(cols or ())
-    rows_t = (rows,) if isinstance(rows, str) else tuple(rows or ())
-    group = math.prod(mesh.shape[a] for a in cols_t)  # chips splitting the columns
-    if group == 1 or not set(cols_t) <= set(rows_t):
+    cols_t = sharding.axis_names(cols)
+    group = sharding.axis_size(mesh, cols)  # chips splitting the columns
+    if group == 1 or not set(cols_t) <= set(sharding.axis_names(rows)):
         return lookup(table_RxD, ids_BxN)  # no conflict to resolve: GSPMD does it well
 
     def local(t_RxDc: jax.Array, i_BrxN: jax.Array) -> jax.Array:

@@ -51,12 +51,15 @@ def logical_spec(names: Sequence[str | None]) -> P:
     return P(*(None if n is None else _RULES[n] for n in names))
 
 
-def _axis_size(mesh: jax.sharding.Mesh, axes: Any) -> int:
-    if axes is None:
-        return 1
-    axes = (axes,) if isinstance(axes, str) else axes
+def axis_names(axes: Any) -> tuple[str, ...]:
+    """One PartitionSpec entry (None, a name, or a tuple of names) as a tuple of names."""
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def axis_size(mesh: jax.sharding.Mesh, axes: Any) -> int:
+    """Devices along one PartitionSpec entry."""
     size = 1
-    for a in axes:
+    for a in axis_names(axes):
         size *= mesh.shape[a]
     return size
 
@@ -64,12 +67,12 @@ def _axis_size(mesh: jax.sharding.Mesh, axes: Any) -> int:
 def fitted_spec(names: Sequence[str | None], shape: Sequence[int], mesh: jax.sharding.Mesh) -> P:
     """logical_spec, replicating any dimension the mesh axes do not divide evenly."""
     spec = logical_spec(names)
-    out = [axes if dim % _axis_size(mesh, axes) == 0 else None for axes, dim in zip(spec, shape)]
+    out = [axes if dim % axis_size(mesh, axes) == 0 else None for axes, dim in zip(spec, shape)]
     for i, (name, axes) in enumerate(zip(names, spec)):
         heir = FALLBACKS.get(name) if axes is not None and out[i] is None else None
         if heir is not None and heir in names:
             j = list(names).index(heir)
-            if out[j] is None and shape[j] % _axis_size(mesh, axes) == 0:
+            if out[j] is None and shape[j] % axis_size(mesh, axes) == 0:
                 out[j] = axes
     return P(*out)
 
