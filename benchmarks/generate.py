@@ -3,6 +3,7 @@
 KV-cached token baseline of the same latent size.
 
     python benchmarks/generate.py [--prompt-bytes 64] [--new-bytes 256] [--batches 1,8,32]
+                                  [--trained runs/quickstart/blt] [--draft-len 32]
 
 Models are the bench shapes with random weights (speed does not depend on training). BLT patches
 with the static rule (one patch per 4 bytes after [BOS], close to the paper's 4.5 bytes/patch)
@@ -11,7 +12,12 @@ entropy model instead). Greedy decoding. The split comes from two extra runs of 
 a patch size no generation reaches (local encoder + decoder only) and a patch per byte; the
 latent step's cost is the difference per latent step. The reference's `generate_nocache` figure
 (2.5 bytes/s, batch 1, 64 new bytes) is from ../shared/data/bench/README.md, measured on this
-machine class. Prints a table and one JSON line.
+machine class.
+
+Self-speculative decoding (BLT-S) is measured against plain incremental decoding, interleaved
+(best of --repeats each), on the bench shape and, with --trained, on a trained BLT (the
+quickstart's by default, when it exists): random weights draft badly, so only a trained model
+says what speculation buys. Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -68,6 +74,40 @@ def rate(model: object, prompts: list[bytes], opts: generate.Options, repeats: i
     return sum(len(n) for n in res.new) / t, res
 
 
+def speculation(model: object, prompts: list[bytes], new_bytes: int, draft_len: int,
+                repeats: int) -> dict:
+    """Plain vs speculative greedy decoding of each prompt (batch 1), interleaved, best of
+    `repeats`: summed bytes/s, identical bytes, acceptance figures."""
+    plain, spec = generate.Options(max_new=new_bytes), \
+        generate.Options(max_new=new_bytes, draft_len=draft_len)
+    gen = model._generator
+    best = {"plain": [np.inf] * len(prompts), "spec": [np.inf] * len(prompts)}
+    out: dict = {"plain": [], "spec": []}
+    for i, p in enumerate(prompts):
+        for name, o in (("plain", plain), ("spec", spec)):
+            out[name].append(gen.generate([p], o))  # compile + warm-up
+    for _ in range(repeats):
+        for i, p in enumerate(prompts):
+            for name, o in (("plain", plain), ("spec", spec)):
+                t = time.perf_counter()
+                gen.generate([p], o)
+                best[name][i] = min(best[name][i], time.perf_counter() - t)
+    n = sum(len(r.new[0]) for r in out["plain"])
+    figs = [r.speculation for r in out["spec"]]
+    verifies = sum(f["verify_passes"] for f in figs)
+    committed = sum(f["bytes_per_verify"] * f["verify_passes"] for f in figs)
+    stale = sum(sum(f["stale_drafted"]) for f in figs)
+    return {"plain_bytes_per_s": n / sum(best["plain"]),
+            "spec_bytes_per_s": sum(len(r.new[0]) for r in out["spec"]) / sum(best["spec"]),
+            "speedup": sum(best["plain"]) / sum(best["spec"]),
+            "identical": all(a.new == b.new for a, b in zip(out["plain"], out["spec"])),
+            "bytes_per_verify": committed / max(verifies, 1),
+            "rounds": sum(f["rounds"] for f in figs), "verify_passes": verifies,
+            "stale_acceptance": sum(sum(f["stale_accepted"]) for f in figs) / max(stale, 1),
+            "latent_steps_plain": sum(r.latent_steps[0] for r in out["plain"]),
+            "latent_runs_spec": sum(r.latent_runs for r in out["spec"])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompt-bytes", type=int, default=64)
@@ -76,6 +116,10 @@ def main() -> None:
     ap.add_argument("--naive-bytes", type=int, default=32, help="bytes for the naive loop")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--entropy", action="store_true", help="entropy patching (entropy_tiny shape)")
+    ap.add_argument("--trained", default="runs/quickstart/blt",
+                    help="a trained BLT workdir for the speculation rows (skipped if missing)")
+    ap.add_argument("--draft-len", type=int, default=32, help="speculation: most drafted bytes")
+    ap.add_argument("--prompts", type=int, default=4, help="speculation: validation prompts")
     a = ap.parse_args()
     tmp = pathlib.Path(tempfile.mkdtemp())
     prompt = b"".join(corpus.documents("validation"))[: a.prompt_bytes]
@@ -104,6 +148,17 @@ def main() -> None:
     naive_bps = len(naive_new) / (time.perf_counter() - t0)
     same = naive_new == first.new[0][: len(naive_new)]
 
+    spec_rows = {"bench (random weights)": speculation(blt, [prompt], a.new_bytes, a.draft_len,
+                                                       a.repeats)}
+    text = b"".join(corpus.documents("validation"))
+    starts = [len(text) * k // (a.prompts + 1) for k in range(1, a.prompts + 1)]
+    prompts = [text[s: s + a.prompt_bytes] for s in starts]
+    if pathlib.Path(a.trained).is_dir():
+        spec_rows[f"trained {a.trained}"] = speculation(blt_jax.load(a.trained), prompts,
+                                                        a.new_bytes, a.draft_len, a.repeats)
+    else:
+        print(f"[no trained BLT at {a.trained}: run `blt-jax quickstart` for its speculation row]")
+
     bcfg = config.model_preset("bpe_bench")
     bwork = make_workdir(tmp / "bpe", "bpe", bcfg)
     bpe.train(corpus.documents("train"), bcfg.vocab_size).save(bwork)
@@ -121,13 +176,23 @@ def main() -> None:
     print(f"BLT batch 1 / reference generate_nocache ({REFERENCE_NOCACHE_BPS} B/s): "
           f"{bps1 / REFERENCE_NOCACHE_BPS:.0f}x   / naive: {bps1 / naive_bps:.1f}x   "
           f"/ token baseline: {bps1 / tok_bps:.2f}x   incremental == naive bytes: {same}")
+    print(f"self-speculative decoding (batch 1, greedy, draft_len {a.draft_len}; the trained "
+          f"model over {a.prompts} validation prompts)")
+    print(f"{'model':<36}{'plain B/s':>10}{'spec B/s':>10}{'speedup':>9}{'bytes/verify':>14}"
+          f"{'stale acc.':>12}{'same bytes':>12}")
+    for name, r in spec_rows.items():
+        print(f"{name[:35]:<36}{r['plain_bytes_per_s']:>10.0f}{r['spec_bytes_per_s']:>10.0f}"
+              f"{r['speedup']:>8.2f}x{r['bytes_per_verify']:>14.2f}{r['stale_acceptance']:>12.3f}"
+              f"{str(r['identical']):>12}")
     print(json.dumps({
         "bytes_per_s": {name: round(bps, 1) for name, _, bps, _ in rows},
         "naive_bytes_per_s": round(naive_bps, 2), "token_baseline_bytes_per_s": round(tok_bps, 1),
         "local_ms_per_byte": round(local_ms, 3), "latent_ms_per_step": round(latent_ms, 3),
         "latent_steps_per_byte": round(rows[0][3], 3),
         "vs_reference_nocache": round(bps1 / REFERENCE_NOCACHE_BPS, 1),
-        "incremental_equals_naive": same}))
+        "incremental_equals_naive": same,
+        "speculation": {k: {f: round(v, 3) if isinstance(v, float) else v for f, v in r.items()}
+                        for k, r in spec_rows.items()}}))
 
 
 if __name__ == "__main__":

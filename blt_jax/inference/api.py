@@ -18,6 +18,9 @@ from blt_jax.model.factory import build_model, read_config  # noqa: F401 (re-exp
 from blt_jax.text import patching
 
 
+DRAFT_LEN = 32  # bytes a speculation round drafts at most (best measured on the quickstart BLT)
+
+
 class Model:
     """A loaded model: `.logits`, `.entropies`, `.patch_lengths` (and `.generate`)."""
 
@@ -91,30 +94,36 @@ class Model:
 
     def generate(self, prompt: Any, *, max_new_bytes: int = 256, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                 stop: Any = None) -> Any:
+                 stop: Any = None, speculate: bool = False, draft_len: int | None = None) -> Any:
         """New bytes after `prompt` (str or bytes, or a list of them for a batch).
 
         temperature 0 is greedy; stops at EOS, `max_new_bytes` or any `stop` string (excluded
-        from the result). BLT runs one latent step per closed patch (see blt_jax.inference.incremental).
+        from the result). BLT runs one latent step per closed patch (see
+        blt_jax.inference.incremental); `speculate` drafts up to `draft_len` bytes with the local
+        models and verifies them in one pass (blt_jax.inference.speculative; default
+        DRAFT_LEN): the same greedy
+        bytes, the same sampling distribution, `.last_generation.speculation` its figures.
         """
         batch = isinstance(prompt, (list, tuple))
         prompts, opts = self._request(prompt if batch else [prompt], max_new_bytes, temperature,
-                                      top_k, top_p, seed, stop)
+                                      top_k, top_p, seed, stop, speculate, draft_len)
         result = self._generator.generate(prompts, opts)
         self.last_generation = result
         return result.new if batch else result.new[0]
 
     def stream(self, prompt: Any, *, max_new_bytes: int = 256, temperature: float = 0.0,
                top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-               stop: Any = None, chunk: int = 8) -> Iterator[bytes]:
+               stop: Any = None, chunk: int = 8, speculate: bool = False,
+               draft_len: int | None = None) -> Iterator[bytes]:
         """The bytes :meth:`generate` returns for one prompt, as they are produced.
 
         One device call per `chunk` new ids; bytes that could still begin a stop string are held
         back, so the chunks join to exactly ``generate(...)``. `.last_generation` holds the
-        result (latent steps, ...) once the iterator is exhausted.
+        result (latent steps, ...) once the iterator is exhausted. Speculating, one device call
+        runs `chunk` rounds.
         """
         prompts, opts = self._request([prompt], max_new_bytes, temperature, top_k, top_p, seed,
-                                      stop)
+                                      stop, speculate, draft_len)
         hold = max((len(s) for s in opts.stop), default=1) - 1
         pending, sent = b"", 0
         for pieces, result in self._generator.stream(prompts, opts, chunk=chunk):
@@ -131,7 +140,8 @@ class Model:
             pending = pending[safe:]
 
     def _request(self, prompts: Sequence[Any], max_new_bytes: int, temperature: float,
-                 top_k: int | None, top_p: float | None, seed: int, stop: Any
+                 top_k: int | None, top_p: float | None, seed: int, stop: Any,
+                 speculate: bool = False, draft_len: int | None = None
                  ) -> tuple[list[bytes], Any]:
         """Checked prompts (bytes) and generation options, or a one-line UserError."""
         from blt_jax.inference import generate
@@ -143,7 +153,18 @@ class Model:
             raise UserError("prompt: give at least one prompt")
         stops = tuple(tokenizer_bytes(s) for s in ([stop] if isinstance(stop, (str, bytes))
                                                    else (stop or ())))
-        return prompts, generate.Options(max_new_bytes, temperature, top_k, top_p, seed, stops)
+        if not isinstance(speculate, bool):
+            raise UserError(f"speculate: expected True or False, got {speculate!r}")
+        if draft_len is not None and not speculate:
+            raise UserError("draft_len: only applies when speculating; add speculate=True "
+                            "(--speculate)")
+        draft_len = DRAFT_LEN if draft_len is None else draft_len
+        if speculate and (isinstance(draft_len, bool) or not isinstance(draft_len, int)
+                          or draft_len < 1):
+            raise UserError(f"draft_len: expected an integer >= 1 (most bytes a speculation "
+                            f"round drafts), got {draft_len!r}")
+        return prompts, generate.Options(max_new_bytes, temperature, top_k, top_p, seed, stops,
+                                         draft_len if speculate else 0)
 
 
 def tokenizer_bytes(text: Any) -> bytes:

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from blt_jax.errors import UserError
-from blt_jax.inference import kv_cache, sampling
+from blt_jax.inference import kv_cache, sampling, speculative
 from blt_jax.model import factory
 from blt_jax.text import patching
 from blt_jax.inference.incremental import BltGenerator
@@ -31,6 +31,7 @@ class Options(NamedTuple):
     top_p: float | None = None
     seed: int = 0
     stop: tuple[bytes, ...] = ()
+    draft_len: int = 0  # > 0: self-speculative BLT decoding drafting this many bytes (BLT-S)
 
 
 def check_options(o: Options) -> None:
@@ -39,6 +40,9 @@ def check_options(o: Options) -> None:
     sampling.check(o.temperature, o.top_k, o.top_p)
     if any(not s for s in o.stop):
         raise UserError("stop: stop strings must be non-empty")
+    if isinstance(o.draft_len, bool) or not isinstance(o.draft_len, int) or o.draft_len < 0:
+        raise UserError(f"draft_len: expected an integer >= 1 (bytes drafted past a patch "
+                        f"boundary), got {o.draft_len!r}")
 
 
 def _matches(ids_BxT: jax.Array, end_B: jax.Array, n_new_B: jax.Array, pad: int,
@@ -55,10 +59,11 @@ def _matches(ids_BxT: jax.Array, end_B: jax.Array, n_new_B: jax.Array, pad: int,
 
 class Carry(NamedTuple):
     state: Any
-    steps: jax.Array  # device calls' step counter (for chunking)
+    steps: jax.Array  # device calls' step counter (for chunking; speculation: rounds)
     latent_runs: jax.Array  # () how many times the latent stack actually ran
     history: Any = None  # (B, max_new, V) logits behind every choice, when recorded
     out_bytes: Any = None  # (B,) text bytes generated (a BPE token may stand for several)
+    spec: Any = None  # speculative.Stats while speculating
 
 
 def _loop(step_fn: Callable, choose_fn: Callable, carry: Carry, budget: int, opts: Options,
@@ -77,18 +82,26 @@ def _loop(step_fn: Callable, choose_fn: Callable, carry: Carry, budget: int, opt
                           s.logits))
         keys = sampling.step_keys(opts.seed, s.done.shape[0], s.n_new)
         x = choose_fn(s.logits, keys)
-        x = jnp.where(s.done, 0, x)
-        new, ran = step_fn(s, x)
-        n_new = s.n_new + 1
-        out_bytes = c.out_bytes + jnp.where(s.done, 0, nbytes[x])
-        finished = (x == eos) | (out_bytes >= opts.max_new) | \
-            _matches(new.ids, s.length, n_new, pad, stops)
-        # Rows already done keep stepping on dummy ids (no cross-row effect, cheaper than
-        # selecting every cache); their counters and outputs stay frozen.
-        new = new._replace(n_new=jnp.where(s.done, s.n_new, n_new), done=s.done | finished)
-        return Carry(new, c.steps + 1, c.latent_runs + ran, history, out_bytes)
+        return advance(step_fn, c, x, opts, stops, pad, nbytes, eos)._replace(history=history)
 
     return jax.lax.while_loop(cond, body, carry._replace(steps=jnp.zeros((), jnp.int32)))
+
+
+def advance(step_fn: Callable, c: Carry, x_B: jax.Array, opts: Options,
+            stops: list[np.ndarray], pad: int, nbytes: jax.Array, eos: int) -> Carry:
+    """Steps the chosen ids in and applies the stop conditions (EOS, byte budget, stop ids)."""
+    s = c.state
+    x = jnp.where(s.done, 0, x_B)
+    new, ran = step_fn(s, x)
+    n_new = s.n_new + 1
+    out_bytes = c.out_bytes + jnp.where(s.done, 0, nbytes[x])
+    finished = (x == eos) | (out_bytes >= opts.max_new) | \
+        _matches(new.ids, s.length, n_new, pad, stops)
+    # Rows already done keep stepping on dummy ids (no cross-row effect, cheaper than
+    # selecting every cache); their counters and outputs stay frozen.
+    new = new._replace(n_new=jnp.where(s.done, s.n_new, n_new), done=s.done | finished)
+    return c._replace(state=new, steps=c.steps + 1, latent_runs=c.latent_runs + ran,
+                      out_bytes=out_bytes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +123,7 @@ class TokenGenerator:
 
     pad = 0  # ids sit at their positions (no n-gram look-back)
 
-    def __init__(self, model: Any, entropy_model: Any, rule: Any, total: int):
+    def __init__(self, model: Any, entropy_model: Any, rule: Any, total: int, slack: int = 0):
         self.m, self.total = model, total
 
     @staticmethod
@@ -148,6 +161,7 @@ class Result(NamedTuple):
     latent_runs: int  # times the latent stack ran for the batch (one per step with any close)
     steps: int
     logits: np.ndarray | None = None  # (B, max_new, V) when recorded
+    speculation: dict | None = None  # acceptance figures (speculative.summary) when speculating
 
 
 class Generator:
@@ -189,18 +203,29 @@ class Generator:
         loaded = self.loaded
         e_params = loaded.entropy_model.params if loaded.entropy_model is not None else None
         nbytes, eos = self.codec.nbytes, self.codec.eos
+        rnd = speculative.Round(opts.draft_len) if opts.draft_len else None
+        slack = opts.draft_len + 1
 
         def prefill(params: Any, e_params: Any, prompt: jax.Array, n_B: jax.Array) -> Carry:
             m, e = self._models(params, e_params)
-            state = self.decoder(m, e, rule, total).prefill(prompt, n_B)
+            state = self.decoder(m, e, rule, total, slack).prefill(prompt, n_B)
             hist = jnp.zeros((b, opts.max_new, state.logits.shape[-1]), jnp.float32) \
                 if record else None
             return Carry(state, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), hist,
-                         jnp.zeros((b,), jnp.int32))
+                         jnp.zeros((b,), jnp.int32),
+                         speculative.Stats.start(b, rnd) if rnd else None)
 
         def run(params: Any, e_params: Any, carry: Carry) -> Carry:
             m, e = self._models(params, e_params)
-            gen = self.decoder(m, e, rule, total)
+            gen = self.decoder(m, e, rule, total, slack)
+            adv = functools.partial(advance, opts=opts, stops=stops, pad=gen.pad,
+                                    nbytes=jnp.asarray(nbytes), eos=eos)
+            if rnd:  # a draft step runs no latent: nothing to count
+                return speculative.loop(
+                    gen, carry, chunk, rnd, choose, lambda lg: sampling.probabilities(
+                        lg, opts.temperature, opts.top_k, opts.top_p),
+                    lambda c, x: adv(lambda s, y: (gen.step(s, y)[0], jnp.zeros((), jnp.int32)),
+                                     c, x), opts.seed)
             return _loop(lambda s, x: _as_int(gen.step(s, x)), choose, carry, chunk, opts, stops,
                          gen.pad, jnp.asarray(nbytes), eos)
 
@@ -218,6 +243,14 @@ class Generator:
                             "max_new_bytes")
         b = len(rows)
         total = min(self.max_context, -(-(n_max + opts.max_new) // 256) * 256)
+        if opts.draft_len:
+            if self.kind.decoder != "patches":
+                raise UserError(f"speculate: self-speculative decoding drafts past BLT patch "
+                                f"boundaries; a {self.kind} model has none (drop speculate)")
+            if record_logits:
+                raise UserError("speculate: recording logits needs plain decoding")
+            # a round steps up to `room` bytes past the committed ones before rolling back
+            total = -(-(n_max + opts.max_new + 2 * opts.draft_len + 2) // 256) * 256
         n_bucket = min(total, max(16, 1 << (n_max - 1).bit_length()))
         prompt = np.zeros((b, n_bucket), np.int32)
         for i, r in enumerate(rows):
@@ -248,8 +281,9 @@ class Generator:
                    for i in range(b)]
             closed = (np.asarray(carry.state.n_closed) - n_closed0).tolist()
             hist = np.asarray(carry.history) if record_logits else None
+            spec = speculative.summary(carry.spec) if carry.spec is not None else None
             yield [self.decode(c) for c in chunks], Result(new, closed, int(carry.latent_runs),
-                                                          steps, hist)
+                                                          steps, hist, spec)
             return
 
     def _finish(self, new_ids: np.ndarray, opts: Options) -> bytes:

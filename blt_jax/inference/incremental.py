@@ -52,6 +52,12 @@ class BltState(NamedTuple):
     dec_v: list
     dec: list  # decoder self-attention caches
     hx_last: jax.Array  # (B, 1, d_E) encoder output at length - 1 (a late close re-decodes it)
+    draft: Any = None  # speculative.Draft while speculating: closes wait for the verify pass
+
+
+# The state the patch rule keeps (what a speculation round's verify pass recomputes).
+PATCH_FIELDS = ("h_last", "next_start", "next_orig", "deferred", "patch_start", "orig_start",
+                "pool", "open_eos", "patch_seg", "n_closed")
 
 
 def _take(x_BxN: jax.Array, i_B: jax.Array) -> jax.Array:
@@ -67,8 +73,12 @@ def _keep(rows_B: jax.Array, new: Any, old: Any) -> Any:
 class BltGenerator:
     """Prefill and step functions for one BLT + entropy model (pure; jitted by the caller)."""
 
-    def __init__(self, model: Any, entropy_model: Any, rule: patching.PatchRule, total: int):
+    def __init__(self, model: Any, entropy_model: Any, rule: patching.PatchRule, total: int,
+                 slack: int = 0):
         self.m, self.e, self.rule, self.total = model, entropy_model, rule, total
+        # window caches keep `slack` extra ring slots: a speculation round writes that many
+        # positions ahead, which a rollback must not have overwritten entries of
+        self.slack = slack
         cfg = model.cfg
         self.cfg = cfg
         self.window = cfg.local_attention_window_len
@@ -93,14 +103,14 @@ class BltGenerator:
         ent_caches: list = []
         if self.e is not None:
             e_logits, ent_caches = kv_cache.transformer_prefill(
-                self.e, prompt_BxN, n_B, min(self.e.cfg.window, total))
+                self.e, prompt_BxN, n_B, min(self.e.cfg.window + self.slack, total))
             h_BxN = entropy_from_logits(e_logits)
         buf = patching.patch_buffer(p_max=n + 1, ids=prompt_BxN, entropies=h_BxN, rule=rule,
                                     row_lengths=n_B)
         sink: dict = {}
         logits = m(prompt_BxN, buf.lengths, sink=sink)
         seg = attention.segments_from_eos(prompt_BxN, EOS_ID)
-        w = min(self.window, total)
+        w = min(self.window + self.slack, total)
         enc = [kv_cache.from_prefill(k, v, seg, n_B, w, True) for k, v in sink["encoder"]["self"]]
         dec = [kv_cache.from_prefill(k, v, seg, n_B, w, True) for k, v in sink["decoder"]]
 
@@ -157,71 +167,103 @@ class BltGenerator:
             dec_v=dec_v, dec=dec, hx_last=_take(sink["h"], last)[:, None])
 
     def _decoder_patch_kv(self, g_BxG: jax.Array) -> tuple[list, list]:
-        z = self.m.local_decoder.patch_rows(g_BxG[:, None])[:, 0]  # (B, k, d_D)
-        kv = [layer.keys_values(z) for layer in self.m.local_decoder.cross_attn_layers]
-        return [k.transpose(0, 2, 1, 3) for k, _ in kv], [v.transpose(0, 2, 1, 3) for _, v in kv]
+        """The decoder's cross keys/values of one patch per row, heads-major (B, H, k, D)."""
+        ks, vs = self._patch_kv(g_BxG[:, None])
+        return [k[:, 0].transpose(0, 2, 1, 3) for k in ks], [v[:, 0].transpose(0, 2, 1, 3)
+                                                            for v in vs]
+
+    def _patch_kv(self, g_BxLxG: jax.Array) -> tuple[list, list]:
+        """Per decoder cross layer, (B, L, k, H, D) keys and values of L patches' rows."""
+        b, n = g_BxLxG.shape[:2]
+        z = self.m.local_decoder.patch_rows(g_BxLxG)  # (B, L, k, d_D)
+        kv = [layer.keys_values(z.reshape(b, n * self.k, -1))
+              for layer in self.m.local_decoder.cross_attn_layers]
+        split = lambda t: t.reshape((b, n, self.k) + t.shape[2:])  # noqa: E731
+        return [split(k) for k, _ in kv], [split(v) for _, v in kv]
 
     # -- one byte -----------------------------------------------------------------------------
 
     def step(self, s: BltState, x_B: jax.Array) -> tuple[BltState, jax.Array]:
         """Appends byte x at position t = length; returns the new state and whether a patch
-        closed (a latent step was taken) for each row."""
-        m, cfg, rule = self.m, self.cfg, self.rule
+        closed (a latent step was taken) for each row. In a speculation draft only the local
+        encoder and the decoder (on the last verified patch's rows) run: the entropy model and
+        the patch rule wait for speculative.verify, which runs them over the whole round."""
         t = s.length
-        late = s.deferred & ~s.done  # patches the previous byte closed once this one is real
-        if self.defers:
-            s = self._close_late(s, late, t - 1)
-        ids = jax.vmap(lambda row, i, x: row.at[self.pad + i].set(x))(s.ids, t, x_B)
-        x_prev = _take(ids, t + self.pad - 1)
-        # 1. the byte opens the patch decided last step
-        patch_start = jnp.where(s.next_start, t, s.patch_start)
-        orig_start = jnp.where(s.next_orig, t, s.orig_start)
-        pool = jnp.where(s.next_start[:, None], _NEG, s.pool)
-        open_eos = jnp.where(s.next_start, False, s.open_eos) | (x_B == EOS_ID)
-        seg = s.seg
-        # 2. entropy model
-        h = jnp.zeros_like(s.h_last)
-        ent = s.ent
-        t1, seg1 = t[:, None], seg[:, None]
-        if self.e is not None:
-            e_seg = transformer.context_segments(self.e.cfg, seg1, t1)  # entropy_context
-            e_logits, ent = kv_cache.transformer_step(self.e, x_B[:, None], t1, e_seg, s.ent)
-            h = entropy_from_logits(e_logits[:, 0])
-        # 3. local encoder: byte + hash embeddings of the n-grams ending at t (the look-back
-        # window of ids), then the model's own blocks over its caches
-        window = jax.vmap(lambda row, i: jax.lax.dynamic_slice(row, (i + 1,), (self.pad,)))(ids, t)
-        enc_m = m.local_encoder
+        s, hx, tap = self._byte(s, x_B, t)
+        closed = jnp.zeros_like(s.done)
+        if s.draft is None:
+            h, ent = self._entropies(s.ent, x_B[:, None], t[:, None], s.seg[:, None])
+            s, closed = self._patches(s._replace(ent=ent), x_B, _take(s.ids, t + self.pad - 1),
+                                      h[:, 0], tap, t)
+        else:
+            d = s.draft
+            s = s._replace(draft=d._replace(
+                taps=d.taps.at[:, d.steps].set(tap.astype(d.taps.dtype)), steps=d.steps + 1))
+        # the local decoder at t with the last closed patch's rows
+        logits, dec_att = self._decoder(s, hx, t, s.seg)
+        return s._replace(length=t + 1, logits=logits, seg=s.seg + (x_B == EOS_ID),
+                          dec=kv_cache.extended(dec_att), hx_last=hx), closed
+
+    def _byte(self, s: BltState, x_B: jax.Array, t_B: jax.Array
+              ) -> tuple[BltState, jax.Array, jax.Array]:
+        """The byte through the local encoder: byte + hash embeddings of the n-grams ending at
+        t (the look-back window of ids), the model's own blocks over their caches, its cross
+        keys/values stored. -> (state, encoder output (B, 1, d_E), the pooled layer's state
+        (B, d_E))."""
+        ids = jax.vmap(lambda row, i, x: row.at[self.pad + i].set(x))(s.ids, t_B, x_B)
+        t1, seg1 = t_B[:, None], s.seg[:, None]
+        window = jax.vmap(lambda row, i: jax.lax.dynamic_slice(row, (i + 1,), (self.pad,)))(
+            ids, t_B)
+        enc_m = self.m.local_encoder
         e = enc_m.embed(window)[:, -1:]
         enc_att = kv_cache.strategies(s.enc, t1, seg1, self.window, ring=True)
         hx, taps = enc_m.byte_states(e, t1, enc_att)
-        enc = kv_cache.extended(enc_att)
         cross_k, cross_v = list(s.cross_k), list(s.cross_v)
         put = lambda buf, x, axis: jax.vmap(  # noqa: E731
-            lambda b_, i, x_: jax.lax.dynamic_update_slice_in_dim(b_, x_, i, axis=axis))(buf, t, x)
+            lambda b_, i, x_: jax.lax.dynamic_update_slice_in_dim(b_, x_, i, axis=axis))(
+                buf, t_B, x)
         for c, (layer, tap) in enumerate(zip(enc_m.cross_attn_layers, taps)):
             kk, vv = layer.keys_values(tap)  # (B, 1, H, D)
             cross_k[c] = put(cross_k[c], kk.transpose(0, 2, 3, 1), 2)
             cross_v[c] = put(cross_v[c], vv.transpose(0, 2, 1, 3), 1)
-        pool = jnp.maximum(pool, taps[0][:, 0])
-        # 4. does t + 1 open a patch? then the open patch [patch_start, t] closes now
+        s = s._replace(ids=ids, enc=kv_cache.extended(enc_att), cross_k=cross_k,
+                       cross_v=cross_v)
+        return s, hx, taps[0][:, 0]
+
+    def _entropies(self, ent: list, x_BxL: jax.Array, t_BxL: jax.Array, seg_BxL: jax.Array
+                   ) -> tuple[jax.Array, list]:
+        """Entropy-model steps over L positions -> (B, L) entropies and its caches."""
+        if self.e is None:
+            return jnp.zeros(x_BxL.shape, jnp.float32), ent
+        e_seg = transformer.context_segments(self.e.cfg, seg_BxL, t_BxL)  # entropy_context
+        e_logits, ent = kv_cache.transformer_step(self.e, x_BxL, t_BxL, e_seg, ent)
+        return entropy_from_logits(e_logits), ent
+
+    def _patches(self, s: BltState, x_B: jax.Array, x_prev_B: jax.Array, h_B: jax.Array,
+                 tap_BxD: jax.Array, t_B: jax.Array) -> tuple[BltState, jax.Array]:
+        """The patch rule at byte t: a late close of the patch before it, the patch it opens,
+        the pooled state, and whether t + 1 opens a patch (then [patch_start, t] closes now)."""
+        rule, t = self.rule, t_B
+        late = s.deferred & ~s.done  # patches the previous byte closed once this one is real
+        if self.defers:
+            s = self._close_late(s, late, t - 1)
+        # the byte opens the patch decided last step
+        pool = jnp.where(s.next_start[:, None], _NEG, s.pool)
+        s = s._replace(
+            patch_start=jnp.where(s.next_start, t, s.patch_start),
+            orig_start=jnp.where(s.next_orig, t, s.orig_start),
+            pool=jnp.maximum(pool, tap_BxD.astype(pool.dtype)),
+            open_eos=jnp.where(s.next_start, False, s.open_eos) | (x_B == EOS_ID))
         q = t + 1
-        reads = dict(h1=h, h2=s.h_last, x1=x_B, x2=x_prev)
+        reads = dict(h1=h_B, h2=s.h_last, x1=x_B, x2=x_prev_B)
         orig_v = patching.rule_starts(rule, jnp, q, virtual=True, **reads)  # q as the next byte
         orig = patching.rule_starts(rule, jnp, q, **reads)  # q once byte q has arrived
-        starts_v = patching.split_long(rule, orig_v, q - jnp.where(orig_v, q, orig_start))
-        starts = patching.split_long(rule, orig, q - jnp.where(orig, q, orig_start))
+        starts_v = patching.split_long(rule, orig_v, q - jnp.where(orig_v, q, s.orig_start))
+        starts = patching.split_long(rule, orig, q - jnp.where(orig, q, s.orig_start))
         close = starts_v & ~s.done
-        state = s._replace(ids=ids, patch_start=patch_start, orig_start=orig_start, pool=pool,
-                           open_eos=open_eos, ent=ent, enc=enc, cross_k=cross_k,
-                           cross_v=cross_v)
-        state = self._apply_close(state, close, self._when(close, self._close, state, close, t))
-        # 5. local decoder at t with the last closed patch's rows
-        logits, dec_att = self._decoder(state, hx, t, seg)
-        dec = kv_cache.extended(dec_att)
-        state = state._replace(
-            length=t + 1, logits=logits, seg=seg + (x_B == EOS_ID), h_last=h,
-            next_start=starts, next_orig=orig, deferred=starts & ~starts_v, dec=dec, hx_last=hx)
-        return state, close | late
+        s = self._closing(s, close, t)
+        return s._replace(h_last=h_B, next_start=starts, next_orig=orig,
+                          deferred=starts & ~starts_v), close | late
 
     def _decoder(self, s: BltState, hx_Bx1xD: jax.Array, t_B: jax.Array, seg_B: jax.Array
                  ) -> tuple[jax.Array, list]:
@@ -242,15 +284,28 @@ class BltGenerator:
                                         jax.eval_shape(fn, *args))
         return jax.lax.cond(jnp.any(rows_B), fn, zeros, *args)
 
-    def _apply_close(self, s: BltState, close_B: jax.Array, out: tuple) -> BltState:
-        """Writes what :meth:`_close` computed for the closing rows."""
-        lat_new, dec_k, dec_v = out
-        j = s.n_closed[:, None]
-        lat = [kv_cache.write(c, k, v, j, s.patch_seg[:, None], ring=False,
-                              valid_BxL=close_B[:, None]) for c, (k, v) in zip(s.lat, lat_new)]
+    def _closing(self, s: BltState, close_B: jax.Array, t_B: jax.Array) -> BltState:
+        """Closes the open patch [patch_start, t] in the rows marked: one latent step, or in a
+        speculation draft its latent input, recorded for the verify pass."""
+        if s.draft is None:
+            return self._apply_close(s, close_B, self._when(close_B, self._close, s, close_B, t_B))
+        qv = self._when(close_B, self._patch_input, s, t_B)
+        return self._apply_close(s._replace(draft=s.draft.record(close_B, qv, s.patch_seg, t_B)),
+                                 close_B, None)
+
+    def _apply_close(self, s: BltState, close_B: jax.Array, out: tuple | None) -> BltState:
+        """Writes what :meth:`_close` computed for the closing rows (None: the patch
+        bookkeeping only, a draft's close)."""
         block = self.cfg.global_attention == "block_causal"
+        if out is not None:
+            lat_new, dec_k, dec_v = out
+            j = s.n_closed[:, None]
+            lat = [kv_cache.write(c, k, v, j, s.patch_seg[:, None], ring=False,
+                                  valid_BxL=close_B[:, None])
+                   for c, (k, v) in zip(s.lat, lat_new)]
+            s = s._replace(lat=lat, dec_k=_keep(close_B, dec_k, s.dec_k),
+                           dec_v=_keep(close_B, dec_v, s.dec_v))
         return s._replace(
-            lat=lat, dec_k=_keep(close_B, dec_k, s.dec_k), dec_v=_keep(close_B, dec_v, s.dec_v),
             n_closed=s.n_closed + close_B,
             patch_seg=s.patch_seg + (close_B & s.open_eos & block),
             open_eos=jnp.where(close_B, False, s.open_eos))
@@ -258,6 +313,8 @@ class BltGenerator:
     def _close_late(self, s: BltState, late_B: jax.Array, t_B: jax.Array) -> BltState:
         """A patch that closed at t once byte t + 1 arrived: the full forward now gives the
         decoder at t that patch's rows, so its cache entry at t is recomputed with them."""
+        if s.draft is not None:  # the verify pass re-decodes t with this patch's rows
+            return self._closing(s, late_B, t_B)
         x_t = _take(s.ids, t_B + self.pad)
         seg_t = s.seg - (x_t == EOS_ID)
 
@@ -278,20 +335,34 @@ class BltGenerator:
     def _close(self, s: BltState, close_B: jax.Array, t_B: jax.Array) -> tuple:
         """Pool + cross-attend the open patch's bytes, one latent step, decoder patch rows.
         Returns the latent's new (k, v) per layer and the decoder's cross rows."""
-        m, cfg = self.m, self.cfg
-        enc_m = m.local_encoder
-        b, d = s.pool.shape
-        qv = enc_m.pool_queries(s.pool[:, None])  # (B, k, d_E)
-        pos = jnp.arange(self.total)[None, :]
-        in_patch = (pos >= s.patch_start[:, None]) & (pos <= t_B[:, None])
-        mask = jnp.broadcast_to(in_patch[:, None], (b, self.k, self.total))
-        for c, layer in enumerate(enc_m.cross_attn_layers):
-            qv = layer.apply(qv, lambda q: kv_cache.attend_stored(
-                q, s.cross_k[c], s.cross_v[c], mask))
-        j = s.n_closed[:, None]
+        qv = self._patch_input(s, t_B)
+        b = qv.shape[0]
         # rows not closing leave slot j empty (it is their open patch, filled when it closes)
-        lat_att = kv_cache.strategies(s.lat, j, s.patch_seg[:, None], None, ring=False,
-                                      valid_BxL=close_B[:, None])
-        x = m.global_transformer(qv.reshape(b, 1, self.k * d), pos_BxP=j, attends=lat_att)[:, 0]
-        dec_k, dec_v = self._decoder_patch_kv(x)
-        return [a.new for a in lat_att], dec_k, dec_v
+        lat_new, x = self._latent(s.lat, qv.reshape(b, 1, -1), s.n_closed[:, None],
+                                  s.patch_seg[:, None], close_B[:, None])
+        dec_k, dec_v = self._decoder_patch_kv(x[:, 0])
+        return lat_new, dec_k, dec_v
+
+    def _patch_input(self, s: BltState, t_B: jax.Array) -> jax.Array:
+        """The open patch [patch_start, t] as the latent reads it: max-pooled queries
+        cross-attending to the patch's bytes -> (B, k, d_E)."""
+        enc_m = self.m.local_encoder
+        b = s.pool.shape[0]
+        qv = enc_m.pool_queries(s.pool[:, None])  # (B, k, d_E)
+        def in_patch(start: jax.Array, size: int) -> jax.Array:  # (B, k, size)
+            pos = start + jnp.arange(size)[None, :]
+            ok = (pos >= s.patch_start[:, None]) & (pos <= t_B[:, None])
+            return jnp.broadcast_to(ok[:, None], (b, self.k, size))
+
+        lo, hi = jnp.min(s.patch_start), jnp.max(t_B) + 1  # the patch's bytes, not the buffer
+        for c, layer in enumerate(enc_m.cross_attn_layers):
+            qv = layer.apply(qv, lambda q: kv_cache.attend_blocks(
+                q, s.cross_k[c], s.cross_v[c], in_patch, lo, hi, block=32))
+        return qv
+
+    def _latent(self, lat: list, qv_BxLxW: jax.Array, j_BxL: jax.Array, seg_BxL: jax.Array,
+                valid_BxL: jax.Array) -> tuple[list, jax.Array]:
+        """Latent steps over L consecutive patches j -> (new (k, v) per layer, (B, L, d_G))."""
+        att = kv_cache.strategies(lat, j_BxL, seg_BxL, None, ring=False, valid_BxL=valid_BxL)
+        x = self.m.global_transformer(qv_BxLxW, pos_BxP=j_BxL, attends=att)
+        return [a.new for a in att], x

@@ -13,9 +13,8 @@ seg(e) == seg(t): exactly the masks of the full forward.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
-
 import math
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -79,11 +78,17 @@ def write(cache: Cache, k_BxLxGxD: jax.Array, v_BxLxGxD: jax.Array, pos_BxL: jax
                  put(cache.pos, pos, 0), put(cache.seg, seg_BxL, 0))
 
 
-def visible(cache: Cache, pos_BxL: jax.Array, seg_BxL: jax.Array, window: int | None
-            ) -> jax.Array:
-    """(B, L, S): which cache entries each query position may see."""
-    delta = pos_BxL[:, :, None] - cache.pos[:, None, :]
-    mask = (cache.pos >= 0)[:, None] & (delta >= 0) & (cache.seg[:, None] == seg_BxL[:, :, None])
+BLOCK = 128  # slots per step of the blockwise attention over a positional (non-ring) cache
+
+
+def visible(cache: Cache, pos_BxL: jax.Array, seg_BxL: jax.Array, window: int | None,
+            start: Any = 0, size: int | None = None) -> jax.Array:
+    """(B, L, S): which cache entries (slots start .. start + size) each query may see."""
+    c_pos, c_seg = cache.pos, cache.seg
+    if size is not None:
+        c_pos, c_seg = (jax.lax.dynamic_slice_in_dim(x, start, size, 1) for x in (c_pos, c_seg))
+    delta = pos_BxL[:, :, None] - c_pos[:, None, :]
+    mask = (c_pos >= 0)[:, None] & (delta >= 0) & (c_seg[:, None] == seg_BxL[:, :, None])
     return mask & (delta < window) if window is not None else mask
 
 
@@ -96,9 +101,10 @@ class Cached:
     """
 
     def __init__(self, cache: Cache, pos_BxL: jax.Array, seg_BxL: jax.Array,
-                 window: int | None, ring: bool, valid_BxL: jax.Array | None = None):
+                 window: int | None, ring: bool, valid_BxL: jax.Array | None = None,
+                 alone: bool = False):
         self.cache, self.pos, self.seg, self.window = cache, pos_BxL, seg_BxL, window
-        self.ring, self.valid = ring, valid_BxL
+        self.ring, self.valid, self.alone = ring, valid_BxL, alone
         self.new: tuple[jax.Array, jax.Array] | None = None
 
     def __call__(self, q_BxLxHxD: jax.Array, k_BxLxGxD: jax.Array, v_BxLxGxD: jax.Array
@@ -106,18 +112,30 @@ class Cached:
         self.new = (k_BxLxGxD, v_BxLxGxD)
         # a ring slot the new positions overwrite holds an entry >= size >= window back
         # (invisible either way), so reading the old cache plus the new entries is exact
-        mask_old = visible(self.cache, self.pos, self.seg, self.window)
-        # an entry being rewritten (a re-decoded position) is replaced by its new version
-        stale_BxS = jnp.any(self.cache.pos[:, None, :] == self.pos[:, :, None], axis=1)
-        mask_old &= ~stale_BxS[:, None, :]
+        def mask_old(start: Any = 0, size: int | None = None) -> jax.Array:
+            m = visible(self.cache, self.pos, self.seg, self.window, start, size)
+            c_pos = self.cache.pos if size is None else \
+                jax.lax.dynamic_slice_in_dim(self.cache.pos, start, size, 1)
+            if self.alone:  # each position: the cache's other entries and its own new one only
+                return m & (c_pos[:, None, :] != self.pos[:, :, None])
+            # an entry being rewritten (a re-decoded position) is replaced by its new version
+            return m & ~jnp.any(c_pos[:, None, :] == self.pos[:, :, None], axis=1)[:, None, :]
+
         own = self.pos[:, :, None] - self.pos[:, None, :]
-        mask_new = (own >= 0) & (self.seg[:, :, None] == self.seg[:, None, :])
+        if self.alone:
+            mask_new = own == 0
+        else:
+            mask_new = (own >= 0) & (self.seg[:, :, None] == self.seg[:, None, :])
         if self.window is not None:
             mask_new &= own < self.window
         if self.valid is not None:  # invalid entries are seen by no other position
             mask_new &= self.valid[:, None, :] | (own == 0)
-        out = attend_stored(q_BxLxHxD, self.cache.k, self.cache.v, mask_old, k_BxLxGxD,
-                            v_BxLxGxD, mask_new)
+        if self.ring or self.cache.pos.shape[1] <= BLOCK:
+            out = attend_stored(q_BxLxHxD, self.cache.k, self.cache.v, mask_old(), k_BxLxGxD,
+                                v_BxLxGxD, mask_new)
+        else:  # slot = position: nothing at or past the last query's position + 1 is visible
+            out = attend_blocks(q_BxLxHxD, self.cache.k, self.cache.v, mask_old, 0,
+                                jnp.max(self.pos) + 1, k_BxLxGxD, v_BxLxGxD, mask_new)
         self._read = out.ravel()[0]
         return out
 
@@ -163,10 +181,60 @@ def attend_stored(q_BxLxHxD: jax.Array, kt_BxGxDxS: jax.Array, v_BxGxSxD: jax.Ar
     return out.transpose(0, 3, 1, 2, 4).reshape(b, nq, h, d)
 
 
+def attend_blocks(q_BxLxHxD: jax.Array, kt_BxGxDxS: jax.Array, v_BxGxSxD: jax.Array,
+                  mask_fn: Any, lo: Any, hi: Any, k_BxLxGxD: jax.Array | None = None,
+                  v_BxLxGxD: jax.Array | None = None, mask_BxLxL: jax.Array | None = None,
+                  block: int = BLOCK) -> jax.Array:
+    """:func:`attend_stored` over stored slots lo .. hi - 1 only (traced bounds), a block of
+    slots at a time with an online softmax: a decoding step pays for the slots in use, not the
+    whole buffer (the latent's one slot per patch of the longest context, the bytes of one
+    patch). `mask_fn(start, size)` -> (B, L, size) visibility of those slots."""
+    b, nq, h, d = q_BxLxHxD.shape
+    g, size = kt_BxGxDxS.shape[1], kt_BxGxDxS.shape[3]
+    block = min(block, size)
+    q = (q_BxLxHxD / math.sqrt(d)).reshape(b, nq, g, h // g, d).transpose(0, 2, 3, 1, 4)
+    prec = attention.precision(q, kt_BxGxDxS)
+
+    def add(carry: tuple, s: jax.Array, vals: jax.Array, eq: str) -> tuple:
+        m, l_, acc = carry
+        m_new = jnp.maximum(m, jnp.max(s, -1))
+        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+        p = jnp.exp(s - m_safe[..., None])
+        corr = jnp.exp(m - m_safe)
+        pv = jnp.einsum(eq, p.astype(vals.dtype), vals, preferred_element_type=jnp.float32,
+                        precision=prec)
+        return m_new, l_ * corr + jnp.sum(p, -1), acc * corr[..., None] + pv
+
+    def body(i: jax.Array, carry: tuple) -> tuple:
+        start = jnp.minimum(i * block, size - block)  # the last block may overlap the one before
+        ks = jax.lax.dynamic_slice_in_dim(kt_BxGxDxS, start, block, 3)
+        vs = jax.lax.dynamic_slice_in_dim(v_BxGxSxD, start, block, 2)
+        slot = start + jnp.arange(block)
+        mask = mask_fn(start, block) & ((slot >= i * block) & (slot >= lo) & (slot < hi))[None, None]
+        s = jnp.einsum("bgrqd,bgdk->bgrqk", q, ks, preferred_element_type=jnp.float32,
+                       precision=prec)
+        return add(carry, jnp.where(mask[:, None, None], s, -jnp.inf), vs, "bgrqk,bgkd->bgrqd")
+
+    shape = q.shape[:-1]
+    carry = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32),
+             jnp.zeros(q.shape, jnp.float32))
+    carry = jax.lax.fori_loop(lo // block, (hi + block - 1) // block, body, carry)
+    if k_BxLxGxD is not None:
+        k_new, v_new = (x.transpose(0, 2, 1, 3).astype(v_BxGxSxD.dtype)
+                        for x in (k_BxLxGxD, v_BxLxGxD))
+        s_new = jnp.einsum("bgrqd,bgkd->bgrqk", q, k_new, preferred_element_type=jnp.float32,
+                           precision=prec)
+        carry = add(carry, jnp.where(mask_BxLxL[:, None, None], s_new, -jnp.inf), v_new,
+                    "bgrqk,bgkd->bgrqd")
+    _, l_, acc = carry
+    out = (acc / l_[..., None]).astype(v_BxGxSxD.dtype)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, nq, h, d)
+
+
 def strategies(caches: Sequence[Cache], pos_BxL: jax.Array, seg_BxL: jax.Array,
-               window: int | None, ring: bool, valid_BxL: jax.Array | None = None
-               ) -> list[Cached]:
-    return [Cached(c, pos_BxL, seg_BxL, window, ring, valid_BxL) for c in caches]
+               window: int | None, ring: bool, valid_BxL: jax.Array | None = None,
+               alone: bool = False) -> list[Cached]:
+    return [Cached(c, pos_BxL, seg_BxL, window, ring, valid_BxL, alone) for c in caches]
 
 
 def extended(attends: Sequence[Cached]) -> list[Cache]:

@@ -20,10 +20,26 @@ def choose(logits_BxV: jax.Array, key_B: jax.Array, temperature: float, top_k: i
            top_p: float | None) -> jax.Array:
     """Next ids (B,). temperature 0 -> argmax. top-k keeps the k largest logits; top-p keeps the
     smallest set of most likely ids whose probability reaches p (the first id always kept)."""
-    logits = logits_BxV.astype(jnp.float32)
     if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
+        return jnp.argmax(logits_BxV.astype(jnp.float32), axis=-1).astype(jnp.int32)
+    logits = _filtered(logits_BxV, temperature, top_k, top_p)
+    return jax.vmap(lambda k, lg: jax.random.categorical(k, lg))(key_B, logits).astype(jnp.int32)
+
+
+def probabilities(logits_BxV: jax.Array, temperature: float, top_k: int | None,
+                  top_p: float | None) -> jax.Array:
+    """(B, V) the distribution :func:`choose` draws from (greedy: one-hot at the argmax);
+    speculative decoding's acceptance rule compares two of them."""
+    if temperature == 0.0:
+        return jax.nn.one_hot(jnp.argmax(logits_BxV.astype(jnp.float32), axis=-1),
+                              logits_BxV.shape[-1], dtype=jnp.float32)
+    return jax.nn.softmax(_filtered(logits_BxV, temperature, top_k, top_p), axis=-1)
+
+
+def _filtered(logits_BxV: jax.Array, temperature: float, top_k: int | None,
+              top_p: float | None) -> jax.Array:
+    """Tempered logits with what top-k / top-p exclude at -inf."""
+    logits = logits_BxV.astype(jnp.float32) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
@@ -36,7 +52,7 @@ def choose(logits_BxV: jax.Array, key_B: jax.Array, temperature: float, top_k: i
         keep = jnp.zeros_like(keep_sorted).at[
             jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
         logits = jnp.where(keep, logits, -jnp.inf)
-    return jax.vmap(lambda k, lg: jax.random.categorical(k, lg))(key_B, logits).astype(jnp.int32)
+    return logits
 
 
 def step_keys(seed: int, rows: int, step: jax.Array | int) -> jax.Array:

@@ -226,6 +226,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--stream", action="store_true", help="print bytes as they are produced")
+    p.add_argument("--speculate", action="store_true", help="BLT: self-speculative decoding")
+    p.add_argument("--draft-len", type=_positive, help="--speculate: most bytes drafted (32)")
     p.add_argument("--max-context", type=_positive, default=4096,
                    help="prompt + new ids per row (sizes the caches)")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -251,7 +253,8 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     model = blt_jax.load(_workdir(args.workdir), args.step, max_context=args.max_context)
     request = dict(max_new_bytes=args.max_new_bytes, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                   stop=[s.encode("utf-8") for s in args.stop])
+                   stop=[s.encode("utf-8") for s in args.stop], speculate=args.speculate,
+                   draft_len=args.draft_len)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # never split a character
     t0 = time.perf_counter()
     if args.stream:
@@ -266,6 +269,8 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     n = len(result.new[0])
     extra_info = f", {result.latent_steps[0]} latent steps" \
         if model.patching_rule is not None else ""
+    if result.speculation is not None:  # bytes committed per latent pass
+        extra_info += f", {result.speculation['bytes_per_verify']:.1f} bytes per verify pass"
     print(f"[{n} bytes in {dt:.2f} s{extra_info}]", file=sys.stderr)
     return 0
 

@@ -220,15 +220,20 @@ def test_cli_generate_streams_utf8_safely(tmp_path, blt_model):
     cfg, ent = tiny_blt()
     work = make_workdir(tmp_path / "cli", "blt", cfg, ent)
     (tmp_path / "p.bin").write_bytes(b"\xe2\x82 split euro \xff")
-    for args in (["--prompt-file", str(tmp_path / "p.bin"), "--stream"], ["--prompt", ""]):
+    for args in (["--prompt-file", str(tmp_path / "p.bin"), "--stream"], ["--prompt", ""],
+                 ["--prompt", "x", "--speculate", "--draft-len", "6", "--stream"]):
         r = subprocess.run([sys.executable, "-m", "blt_jax", "generate", "--workdir", str(work),
                             "--max-new-bytes", "12", *args], capture_output=True)
         assert r.returncode == 0, r.stderr
         r.stdout.decode("utf-8")  # valid UTF-8: no split characters printed
         assert b"latent steps" in r.stderr
+        assert (b"bytes per verify pass" in r.stderr) == ("--speculate" in args)
     r = subprocess.run([sys.executable, "-m", "blt_jax", "generate", "--workdir", str(work),
                         "--prompt", "x", "--max-new-bytes", "-1"], capture_output=True, text=True)
     assert r.returncode == 2 and "max_new_bytes" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "blt_jax", "generate", "--workdir", str(work),
+                        "--prompt", "x", "--draft-len", "4"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--speculate" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_entropy_context_restarts_match_naive(blt_model):
